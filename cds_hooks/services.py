@@ -1,0 +1,116 @@
+"""The service registry: id, hook, prefetch templates and the evaluation behind each.
+
+A :class:`CdsService` is a plain value. The guideline module builds the
+registry from the content file; ``plugin`` only looks services up, lists them
+for discovery and calls :meth:`CdsService.evaluate` with resolved FHIR data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cds_hooks.errors import InvalidRequest, UnknownService
+from cds_hooks.models import Card, HookRequest, ServiceDescriptor
+
+# Resolved prefetch: key -> list of raw FHIR resources (dicts). An empty list means
+# "known to be empty"; a key that failed is absent and named in ``failed``.
+Resources = Mapping[str, list[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class PrefetchData:
+    """FHIR data for one call, whatever its origin (prefetch or fetch)."""
+
+    resources: Resources
+    failed: frozenset[str] = frozenset()
+
+    def get(self, key: str) -> list[dict[str, Any]] | None:
+        """The resources under ``key``; ``None`` when unknown (failed or never asked)."""
+        if key in self.failed:
+            return None
+        return self.resources.get(key)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCard:
+    """A card and the finding (kebab-case key) it was rendered from."""
+
+    card: Card
+    finding: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    issued: list[IssuedCard] = field(default_factory=list)
+
+    @property
+    def cards(self) -> list[Card]:
+        return [item.card for item in self.issued]
+
+
+Evaluator = Callable[[HookRequest, PrefetchData], Evaluation]
+
+
+@dataclass(frozen=True, slots=True)
+class CdsService:
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: Mapping[str, str]
+    evaluate: Evaluator
+    # Prefetch keys without which no answer can be given (412 when unavailable).
+    required_prefetch: frozenset[str] = frozenset()
+    # Context keys the hook must carry (checked before any data is fetched).
+    required_context: tuple[str, ...] = ("patientId",)
+    usage_requirements: str | None = None
+
+    def descriptor(self) -> ServiceDescriptor:
+        return ServiceDescriptor(
+            hook=self.hook,
+            title=self.title,
+            description=self.description,
+            id=self.id,
+            prefetch=dict(self.prefetch) or None,
+            usageRequirements=self.usage_requirements,
+        )
+
+    def check_request(self, request: HookRequest) -> None:
+        """Refuse a request this service cannot answer, naming the field (never its value)."""
+        if request.hook != self.hook:
+            raise InvalidRequest(
+                f"This service answers the '{self.hook}' hook.",
+                details=[{"path": "hook", "problem": f"must be '{self.hook}'"}],
+            )
+        missing = [key for key in self.required_context if not request.context.get(key)]
+        if missing:
+            raise InvalidRequest(
+                "The hook context is incomplete.",
+                details=[{"path": f"context.{key}", "problem": "required"} for key in missing],
+            )
+
+
+class ServiceRegistry:
+    def __init__(self, services: Iterable[CdsService]):
+        self._services: dict[str, CdsService] = {}
+        for service in services:
+            if service.id in self._services:
+                raise ValueError(f"duplicate service id {service.id!r}")
+            self._services[service.id] = service
+
+    def __iter__(self) -> Any:
+        return iter(self._services.values())
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    def get(self, service_id: str) -> CdsService:
+        try:
+            return self._services[service_id]
+        except KeyError:
+            raise UnknownService() from None
+
+    def descriptors(self) -> list[ServiceDescriptor]:
+        return [service.descriptor() for service in self._services.values()]
