@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cds_hooks.errors import DataUnavailable
 from cds_hooks.models import HookRequest
 from cds_hooks.services import CdsService, PrefetchData
 
@@ -52,4 +53,10 @@ def resolve(service: CdsService, request: HookRequest) -> PrefetchData:
             failed.add(key)
         else:
             resources[key] = found
+    missing = sorted(failed & service.required_prefetch)
+    if missing:
+        raise DataUnavailable(
+            f"Prefetch data not available: {', '.join(missing)}.",
+            details=[{"prefetchKey": key} for key in missing],
+        )
     return PrefetchData(resources=resources, failed=frozenset(failed))
