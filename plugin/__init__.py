@@ -1,0 +1,66 @@
+"""The Flask application: how the m-kopper CDS service plugs into an EHR."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+from cds_hooks.services import ServiceRegistry
+from plugin import auth, errors, views
+from plugin.config import as_int, as_list, database_url, load_settings
+from plugin.storage import Store, create_db_engine, migrate
+
+
+def build_registry(settings: Mapping[str, Any]) -> ServiceRegistry:
+    """The guideline's services, from the content file named in the settings."""
+    from cds_hooks.catalog import build_registry as build
+    from cds_hooks.knowledge import load_knowledge
+
+    knowledge = load_knowledge(settings.get("CDS_CONTENT_FILE") or None)
+    return build(
+        knowledge,
+        language=str(settings["CDS_LANGUAGE"]),
+        max_cards=as_int("CDS_MAX_CARDS", settings["CDS_MAX_CARDS"]),
+    )
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. ``test_config`` overrides settings (and may inject ``CDS_REGISTRY``)."""
+    overrides = dict(test_config or {})
+    registry = overrides.pop("CDS_REGISTRY", None)
+    settings = load_settings(overrides=overrides)
+
+    app = Flask(__name__)
+    app.config.update(settings)
+    app.config["MAX_CONTENT_LENGTH"] = as_int("CDS_MAX_BODY_BYTES", settings["CDS_MAX_BODY_BYTES"])
+    app.config["SECRET_KEY"] = settings["CDS_SECRET_KEY"] or secrets.token_hex(32)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    logging.getLogger().setLevel(str(settings["CDS_LOG_LEVEL"]).upper())
+
+    url = database_url(settings)
+    if not overrides.get("CDS_SKIP_MIGRATE"):
+        migrate(url)
+    app.extensions["cds_store"] = Store(create_db_engine(url))
+    app.extensions["cds_registry"] = registry if registry is not None else build_registry(settings)
+
+    origins = as_list(settings["CDS_CORS_ORIGINS"])
+    if origins:
+        CORS(
+            app,
+            resources={r"/cds-services*": {"origins": origins}},
+            allow_headers=["Authorization", "Content-Type"],
+            methods=["GET", "POST", "OPTIONS"],
+            supports_credentials=False,
+            max_age=600,
+        )
+
+    errors.init_app(app)
+    auth.init_app(app)
+    app.register_blueprint(views.bp)
+    app.after_request(views.log_call)
+    return app

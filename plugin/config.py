@@ -1,0 +1,154 @@
+"""Settings: one table of (name, default, help), read from ``CDS_*`` environment variables.
+
+Every setting is documented in the README's settings table; a test fails when
+one is missing there. Values are strings in the environment and typed here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "CDS_DATA_DIR",
+        "./var",
+        "Directory for the SQLite database, client keys and "
+        "other local state; created on first start.",
+    ),
+    Setting(
+        "CDS_DATABASE_URL",
+        "",
+        "SQLAlchemy database URL. Empty: SQLite file "
+        "`mkopper-cds.sqlite3` in CDS_DATA_DIR. PostgreSQL: "
+        "`postgresql+psycopg://user:pass@host/db`.",
+    ),
+    Setting("CDS_HOST", "127.0.0.1", "Address `mkopper-cds serve` binds to."),
+    Setting("CDS_PORT", "8080", "Port `mkopper-cds serve` listens on."),
+    Setting("CDS_WORKERS", "2", "gunicorn worker processes for `mkopper-cds serve`."),
+    Setting(
+        "CDS_PUBLIC_URL",
+        "",
+        "External base URL of the service (e.g. "
+        "`https://cds.example.org`), used for the JWT audience behind a proxy. Empty: "
+        "the URL the request arrived on.",
+    ),
+    Setting(
+        "CDS_CORS_ORIGINS",
+        "",
+        "Comma-separated browser origins allowed to call the "
+        "service (e.g. `https://sandbox.cds-hooks.org`). Empty: no cross-origin access.",
+    ),
+    Setting("CDS_LANGUAGE", "nb", "Language of card text: `nb` (Norwegian bokmål) or `en`."),
+    Setting(
+        "CDS_CONTENT_FILE",
+        "",
+        "Path to a guideline content file (TOML). Empty: the content shipped with the package.",
+    ),
+    Setting("CDS_MAX_CARDS", "3", "Most cards in one response, the most urgent first."),
+    Setting("CDS_MAX_BODY_BYTES", "5242880", "Largest request body accepted (413 above)."),
+    Setting(
+        "CDS_ALLOWED_FHIR_SERVERS",
+        "",
+        "Comma-separated FHIR base URLs the service may "
+        "call with the EHR's token. A `fhirServer` not listed gets no outbound call.",
+    ),
+    Setting(
+        "CDS_PREFETCH_BUDGET_MS",
+        "1500",
+        "Time budget for fetching missing prefetch data from the FHIR server, in milliseconds.",
+    ),
+    Setting(
+        "CDS_FHIR_TIMEOUT_MS",
+        "1000",
+        "Timeout of each FHIR HTTP call, in milliseconds "
+        "(never beyond what is left of the budget).",
+    ),
+    Setting("CDS_FHIR_MAX_PAGES", "5", "Most Bundle pages followed per prefetch key."),
+    Setting(
+        "CDS_TRUSTED_CLIENTS",
+        "",
+        "Path to the JSON file of trusted CDS clients (JWT issuers and their key sets).",
+    ),
+    Setting(
+        "CDS_ALLOW_UNSIGNED",
+        "0",
+        "`1`: accept calls without a JWT from loopback "
+        "addresses only (development). Never in production.",
+    ),
+    Setting(
+        "CDS_JWT_ALGORITHMS",
+        "ES384,RS384",
+        "Accepted JWT algorithms (ES256 and RS256 "
+        "may be added). `none` and HMAC are always refused.",
+    ),
+    Setting("CDS_REQUIRE_AUTH_DISCOVERY", "0", "`1`: discovery also requires a JWT."),
+    Setting("CDS_JWKS_CACHE_SECONDS", "3600", "How long a key set fetched from a `jku` is cached."),
+    Setting("CDS_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR)."),
+    Setting(
+        "CDS_SECRET_KEY",
+        "",
+        "Secret for signing session cookies (SMART page, admin). "
+        "Empty: a random key per start (sessions end at restart).",
+    ),
+    Setting(
+        "CDS_PATIENT_HASH_SECRET",
+        "",
+        "Secret for the keyed hash (HMAC-SHA256) of "
+        "patient ids in suppression records. Empty: a key kept in CDS_DATA_DIR.",
+    ),
+)
+
+DEFAULTS: dict[str, str] = {s.name: s.default for s in SETTINGS}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Read every setting from the environment, then apply overrides (tests)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {name: env.get(name, default) for name, default in DEFAULTS.items()}
+    if overrides:
+        values.update(overrides)
+    return values
+
+
+def as_bool(value: Any) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def as_list(value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [part.strip() for part in str(value or "").split(",") if part.strip()]
+
+
+def as_int(name: str, value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {name} must be an integer") from None
+
+
+def data_dir(settings: Mapping[str, Any]) -> Path:
+    path = Path(str(settings["CDS_DATA_DIR"])).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def database_url(settings: Mapping[str, Any]) -> str:
+    url = str(settings.get("CDS_DATABASE_URL") or "")
+    if url:
+        return url
+    return f"sqlite:///{(data_dir(settings) / 'mkopper-cds.sqlite3').resolve()}"

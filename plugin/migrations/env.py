@@ -1,0 +1,28 @@
+"""Alembic environment: runs migrations on the connection given by plugin.storage.migrate."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context
+
+from plugin.storage import create_db_engine, metadata
+
+config = context.config
+
+
+def run_migrations_online() -> None:
+    url = config.get_main_option("sqlalchemy.url")
+    assert url
+    engine = create_db_engine(url)
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # Several instances may start at once: one migrates, the others wait.
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(7216300001)"))
+        context.configure(connection=connection, target_metadata=metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+    engine.dispose()
+
+
+run_migrations_online()

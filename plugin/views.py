@@ -1,0 +1,161 @@
+"""HTTP views: discovery, service calls, feedback, health.
+
+A service call runs in phases (auth, parse, prefetch, rules, storage); each is
+timed and the totals go into one structured log line per call, which never
+carries a patient id, a token or resource content.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from pydantic import BaseModel, ValidationError
+
+from cds_hooks import prefetch
+from cds_hooks.errors import InvalidRequest, UnsupportedMediaType
+from cds_hooks.models import CdsResponse, Discovery, Feedback, HookRequest
+from cds_hooks.services import CdsService, PrefetchData, ServiceRegistry
+from plugin import auth
+from plugin.config import as_bool
+from plugin.storage import Store
+
+log = logging.getLogger("plugin.calls")
+
+bp = Blueprint("cds", __name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def get_registry() -> ServiceRegistry:
+    registry: ServiceRegistry = current_app.extensions["cds_registry"]
+    return registry
+
+
+def get_store() -> Store:
+    store: Store = current_app.extensions["cds_store"]
+    return store
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time one phase of the call; the totals go into the call's log line."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings: dict[str, float] = g.setdefault("timings", {})
+        timings[name] = round((time.perf_counter() - start) * 1000, 2)
+
+
+def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors(include_input=False, include_url=False):
+        path = ".".join(str(part) for part in err["loc"]) or "(body)"
+        details.append({"path": path, "problem": err["msg"]})
+    return details[:20]
+
+
+def parse_body(model: type[ModelT]) -> ModelT:
+    """Parse the JSON body into ``model``; 415/400 name what is wrong, never the value."""
+    if not request.mimetype or request.mimetype != "application/json":
+        raise UnsupportedMediaType()
+    raw = request.get_data(cache=False)
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidRequest("The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(
+            "The request does not match the CDS Hooks 2.0.1 schema.",
+            details=_validation_details(exc),
+        ) from None
+    except RecursionError:
+        raise InvalidRequest("The body is nested too deeply.") from None
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    if as_bool(current_app.config["CDS_REQUIRE_AUTH_DISCOVERY"]):
+        auth.authenticate(request)
+    body = Discovery(services=get_registry().descriptors()).wire()
+    return jsonify(body)
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    g.call_log = {"service": service_id}
+    with phase("auth"):
+        auth.authenticate(request)
+    service = get_registry().get(service_id)
+    with phase("parse"):
+        hook_request = parse_body(HookRequest)
+    g.call_log.update(hook=hook_request.hook, hookInstance=hook_request.hookInstance[:64])
+    service.check_request(hook_request)
+    with phase("prefetch"):
+        data = resolve_data(service, hook_request)
+    with phase("rules"):
+        evaluation = service.evaluate(hook_request, data)
+    with phase("storage"):
+        get_store().record_issued(
+            service.id,
+            hook_request.hookInstance,
+            [
+                (
+                    item.card.uuid or "",
+                    item.finding,
+                    item.card.source.topic.code if item.card.source.topic else None,
+                )
+                for item in evaluation.issued
+            ],
+        )
+    g.call_log["cards"] = len(evaluation.issued)
+    return jsonify(CdsResponse(cards=evaluation.cards).wire())
+
+
+def resolve_data(service: CdsService, hook_request: HookRequest) -> PrefetchData:
+    return prefetch.resolve(service, hook_request)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def post_feedback(service_id: str) -> Response:
+    g.call_log = {"service": service_id, "hook": "feedback"}
+    with phase("auth"):
+        auth.authenticate(request)
+    service = get_registry().get(service_id)
+    with phase("parse"):
+        body = parse_body(Feedback)
+    with phase("storage"):
+        count = get_store().record_feedback(service.id, body.feedback)
+    g.call_log["feedback"] = count
+    return jsonify({"received": count})
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    get_store().ping()
+    return jsonify({"status": "ready", "services": len(get_registry())})
+
+
+def log_call(response: Response) -> Response:
+    """One structured line per CDS call: no patient ids, no tokens, no resource content."""
+    call_log = g.get("call_log")
+    if call_log is not None:
+        call_log["status"] = response.status_code
+        call_log["ms"] = g.get("timings", {})
+        log.info(json.dumps(call_log, separators=(",", ":"), sort_keys=True))
+    return response

@@ -1,0 +1,42 @@
+"""Shared fixtures: a fresh app per test on its own SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from plugin import create_app
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[Any]:
+    """Build apps over one data directory (so two apps can share one database)."""
+    apps: list[Flask] = []
+
+    def factory(**overrides: Any) -> Flask:
+        config: dict[str, Any] = {"CDS_DATA_DIR": str(tmp_path), "CDS_ALLOW_UNSIGNED": "1"}
+        config.update(overrides)
+        app = create_app(config)
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["cds_store"].engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: Any) -> Flask:
+    application: Flask = make_app()
+    return application
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
