@@ -44,6 +44,9 @@ class IssuedCard:
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     issued: list[IssuedCard] = field(default_factory=list)
+    # The patient's m-kopper status in this call ("suspected", "confirmed"; None when unknown).
+    # Feedback suppression keeps it, so a status change brings suppressed cards back at once.
+    status: str | None = None
 
     @property
     def cards(self) -> list[Card]:
