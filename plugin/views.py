@@ -21,7 +21,7 @@ from cds_hooks import prefetch
 from cds_hooks.errors import InvalidRequest, UnsupportedMediaType
 from cds_hooks.models import CdsResponse, Discovery, Feedback, HookRequest
 from cds_hooks.services import CdsService, PrefetchData, ServiceRegistry
-from plugin import auth
+from plugin import auth, metrics
 from plugin.config import as_bool
 from plugin.storage import Store
 
@@ -48,6 +48,9 @@ def phase(name: str) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield
+    except Exception as exc:
+        metrics.phase_failed(name, exc)
+        raise
     finally:
         timings: dict[str, float] = g.setdefault("timings", {})
         timings[name] = round((time.perf_counter() - start) * 1000, 2)
@@ -103,8 +106,10 @@ def call_service(service_id: str) -> Response:
     service.check_request(hook_request)
     with phase("prefetch"):
         data = resolve_data(service, hook_request)
+    metrics.count_prefetch(service.id, data.failed)
     with phase("rules"):
         evaluation = service.evaluate(hook_request, data)
+    metrics.count_cards(service.id, (item.finding for item in evaluation.issued))
     with phase("storage"):
         get_store().record_issued(
             service.id,

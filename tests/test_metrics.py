@@ -1,0 +1,128 @@
+"""The Prometheus endpoint counts calls, phases, cards, FHIR failures and errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from cds_hooks.services import CdsService, Evaluation, PrefetchData, ServiceRegistry
+from tests.fake_services import fake_registry
+from tests.test_http_errors import request_body
+
+PATIENT_ID = "pat-secret-4711"
+
+
+def _samples(client: FlaskClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    found = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def value(client: FlaskClient, name: str, **labels: str) -> float:
+    return _samples(client).get((name, frozenset(labels.items())), 0.0)
+
+
+def _no_answer(_request: Any, _data: PrefetchData) -> Evaluation:
+    return Evaluation()
+
+
+def _registry_with_optional_key() -> ServiceRegistry:
+    return ServiceRegistry([
+        *fake_registry(),
+        CdsService(
+            id="optional-view",
+            hook="patient-view",
+            title="Optional",
+            description="Needs no prefetch key.",
+            prefetch={"observations": "Observation?patient={{context.patientId}}"},
+            evaluate=_no_answer,
+        ),
+    ])
+
+
+@pytest.fixture
+def client(make_app: Any) -> FlaskClient:
+    return make_app(CDS_REGISTRY=_registry_with_optional_key()).test_client()
+
+
+def test_a_call_is_counted_with_its_phases_and_cards(client: FlaskClient) -> None:
+    for _ in range(2):
+        assert client.post("/cds-services/test-view", json=request_body()).status_code == 200
+
+    assert value(client, "cds_requests_total", endpoint="call", service="test-view",
+                 status="200") == 2
+    assert value(client, "cds_request_duration_seconds_count", endpoint="call",
+                 service="test-view") == 2
+    for name in ("auth", "parse", "prefetch", "rules", "storage"):
+        assert value(client, "cds_phase_duration_seconds_count", service="test-view",
+                     phase=name) == 2, name
+    assert value(client, "cds_cards_issued_total", service="test-view",
+                 finding="test-finding") == 2
+    assert value(client, "cds_http_errors_total", status_class="4xx", status="404") == 0
+
+
+def test_each_app_counts_from_zero(make_app: Any) -> None:
+    first = make_app(CDS_REGISTRY=fake_registry()).test_client()
+    first.post("/cds-services/test-view", json=request_body())
+    second = make_app(CDS_REGISTRY=fake_registry()).test_client()
+    assert value(second, "cds_requests_total", endpoint="call", service="test-view",
+                 status="200") == 0
+
+
+def test_errors_are_counted_by_class(client: FlaskClient) -> None:
+    client.post("/cds-services/test-view", data=b"{", content_type="application/json")
+    exploding = request_body(context={"patientId": PATIENT_ID, "explode": True})
+    assert client.post("/cds-services/test-view", json=exploding).status_code == 500
+
+    assert value(client, "cds_http_errors_total", status_class="4xx", status="400") == 1
+    assert value(client, "cds_http_errors_total", status_class="5xx", status="500") == 1
+    assert value(client, "cds_phase_errors_total", service="test-view", phase="parse",
+                 code="invalid-request") == 1
+    assert value(client, "cds_phase_errors_total", service="test-view", phase="rules",
+                 code="unexpected") == 1
+
+
+def test_unknown_service_ids_share_one_label(client: FlaskClient) -> None:
+    for made_up in ("a", "b", "c"):
+        assert client.post(f"/cds-services/{made_up}", json=request_body()).status_code == 404
+    samples = _samples(client)
+    services = {dict(labels).get("service") for (name, labels) in samples
+                if name == "cds_requests_total"}
+    assert services >= {"(unknown)"}
+    assert not services & {"a", "b", "c"}
+    assert value(client, "cds_requests_total", endpoint="call", service="(unknown)",
+                 status="404") == 3
+
+
+def test_missing_required_prefetch_counts_as_a_prefetch_error(client: FlaskClient) -> None:
+    response = client.post("/cds-services/test-view", json=request_body(prefetch={}))
+    assert response.status_code == 412
+    assert value(client, "cds_phase_errors_total", service="test-view", phase="prefetch",
+                 code="prefetch-unavailable") == 1
+    assert value(client, "cds_http_errors_total", status_class="4xx", status="412") == 1
+
+
+def test_failed_optional_key_is_a_fetch_failure(client: FlaskClient) -> None:
+    outcome = {"resourceType": "OperationOutcome", "issue": []}
+    body = request_body(prefetch={"observations": outcome})
+    assert client.post("/cds-services/optional-view", json=body).status_code == 200
+    assert value(client, "cds_fhir_fetch_failures_total", service="optional-view",
+                 key="observations") == 1
+
+
+def test_metrics_never_carry_patient_ids(client: FlaskClient) -> None:
+    body = request_body(context={"patientId": PATIENT_ID, "userId": "Practitioner/99"})
+    client.post("/cds-services/test-view", json=body)
+    client.post("/cds-services/test-view", json=request_body(
+        context={"patientId": PATIENT_ID, "explode": True}))
+    text = client.get("/metrics").get_data(as_text=True)
+    assert PATIENT_ID not in text
+    assert "Practitioner/99" not in text
