@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 PATIENTS_DIR = Path(__file__).resolve().parent.parent / "fhir_profiles" / "patients"
-PROFILE_BASE = "https://mkopper-cds.example/fhir/StructureDefinition/"
 
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
 SNOMED = "http://snomed.info/sct"
@@ -101,10 +100,6 @@ def synthetic_fnr(birth_date: str, individual: int) -> str:
 # --- resource builders -------------------------------------------------------------------
 
 
-def meta(profile: str | None) -> dict[str, Any]:
-    return {"meta": {"profile": [PROFILE_BASE + profile]}} if profile else {}
-
-
 def patient(pid: str, given: str, family: str, gender: str, birth: str, indiv: int) -> Resource:
     return {
         "resourceType": "Patient",
@@ -134,7 +129,6 @@ def encounter(
     resource: Resource = {
         "resourceType": "Encounter",
         "id": eid,
-        **meta("mkopper-encounter"),
         "status": status,
         "class": {"system": ACT_CODE, "code": act_class, "display": ENCOUNTER_CLASS[act_class]},
     }
@@ -167,9 +161,8 @@ def condition(
     onset: str,
     abatement: str | None = None,
     category: str = "encounter-diagnosis",
-    profile: str | None = None,
 ) -> Resource:
-    resource: Resource = {"resourceType": "Condition", "id": cid, **meta(profile)}
+    resource: Resource = {"resourceType": "Condition", "id": cid}
     resource["clinicalStatus"] = {"coding": [{"system": CLINICAL, "code": clinical}]}
     if verification:
         resource["verificationStatus"] = {
@@ -203,7 +196,6 @@ def lab_observation(
     resource: Resource = {
         "resourceType": "Observation",
         "id": oid,
-        **meta("mkopper-lab-observation"),
         "status": "final",
         "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory"}]}],
         "code": {"coding": [code]},
@@ -262,7 +254,6 @@ def suspected_outpatient() -> list[Resource]:
             verification="provisional",
             eid=eid,
             onset="2025-06-02T09:40:00+02:00",
-            profile="mkopper-condition",
         ),
     ]
 
@@ -280,7 +271,6 @@ def suspected_emergency_respiratory() -> list[Resource]:
             verification="unconfirmed",
             eid=eid,
             onset="2025-06-03T22:30:00+02:00",
-            profile="mkopper-condition",
         ),
         # No verified code exists for the symptoms: text only, as Norwegian records often are.
         condition(
@@ -308,7 +298,6 @@ def confirmed_inpatient() -> list[Resource]:
             verification="confirmed",
             eid=eid,
             onset="2025-06-04T16:20:00+02:00",
-            profile="mkopper-condition",
         ),
         lab_observation(
             f"{pid}-pcr",
@@ -353,7 +342,6 @@ def refuted() -> list[Resource]:
             clinical="inactive",
             eid=eid,
             onset="2025-06-02",
-            profile="mkopper-condition",
         ),
         lab_observation(
             f"{pid}-pcr",
@@ -381,7 +369,6 @@ def resolved() -> list[Resource]:
             clinical="resolved",
             onset="2024-09-01",
             abatement="2024-10-05",
-            profile="mkopper-condition",
         ),
     ]
 
@@ -444,7 +431,6 @@ def inpatient_aerosol() -> list[Resource]:
             verification="provisional",
             eid=eid,
             onset="2025-06-13T19:00:00+02:00",
-            profile="mkopper-condition",
         ),
         service_request(f"{pid}-intubasjon", pid, eid, INTUBATION, "2025-06-14T02:10:00+02:00"),
     ]
@@ -533,7 +519,6 @@ def large_record() -> list[Resource]:
             verification="provisional",
             eid=current,
             onset="2025-06-15T11:00:00+02:00",
-            profile="mkopper-condition",
         )
     )
     for n in range(200):
