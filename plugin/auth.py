@@ -29,6 +29,7 @@ import jwt
 from flask import Flask, Request, current_app
 
 from cds_hooks.errors import Unauthorized
+from plugin import headers
 from plugin.config import as_bool, as_int, as_list
 from plugin.jwks import Jwk, KeySetCache, TrustedClient, load_trusted_clients
 
@@ -233,6 +234,9 @@ def _from_loopback(request: Request) -> bool:
 
 def init_app(app: Flask) -> None:
     """Read the trust settings once; a broken setting stops the service at start."""
+    # The security headers belong to the same boundary: wiring them here means no app
+    # that authenticates callers can run without them (create_app may also call it).
+    headers.init_app(app)
     algorithms = parse_algorithms(app.config["CDS_JWT_ALGORITHMS"])
     clients = load_trusted_clients(str(app.config["CDS_TRUSTED_CLIENTS"] or ""))
     ttl = as_int("CDS_JWKS_CACHE_SECONDS", app.config["CDS_JWKS_CACHE_SECONDS"])

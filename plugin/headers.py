@@ -1,0 +1,55 @@
+"""Security headers on every response, errors included.
+
+The JSON API gets the strictest set: nothing in it may be run, framed or
+cached. HTML pages (the SMART page) are launched inside an EHR's frame and
+load their own scripts, so they get only the headers that cannot break that;
+a view that needs a stricter or different policy sets the header itself and
+it is kept (every header here is a default, never an override).
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, current_app, request
+
+COMMON: dict[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # Answers carry patient-derived advice: no shared or browser cache may keep them.
+    "Cache-Control": "no-store",
+}
+API: dict[str, str] = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+HTML: dict[str, str] = {
+    "Content-Security-Policy": "object-src 'none'; base-uri 'none'",
+}
+HSTS = "max-age=31536000"
+
+
+def _served_over_https() -> bool:
+    public_url = str(current_app.config.get("CDS_PUBLIC_URL") or "")
+    return request.is_secure or public_url.startswith("https://")
+
+
+def add_security_headers(response: Response) -> Response:
+    # An empty text/html body is Flask's automatic OPTIONS answer, not a page.
+    page = response.mimetype == "text/html" and (
+        response.is_streamed or len(response.get_data()) > 0
+    )
+    extra = HTML if page else API
+    for name, value in {**COMMON, **extra}.items():
+        response.headers.setdefault(name, value)
+    if _served_over_https():
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Register the headers once (calling this twice is harmless)."""
+    if app.extensions.get("cds_security_headers"):
+        return
+    app.extensions["cds_security_headers"] = True
+    app.after_request(add_security_headers)
