@@ -21,7 +21,7 @@ from cds_hooks import prefetch
 from cds_hooks.errors import InvalidRequest, UnsupportedMediaType
 from cds_hooks.models import CdsResponse, Discovery, Feedback, HookRequest
 from cds_hooks.services import CdsService, PrefetchData, ServiceRegistry
-from plugin import auth, metrics
+from plugin import auth, metrics, suppression
 from plugin.config import as_bool
 from plugin.storage import Store
 
@@ -111,6 +111,10 @@ def call_service(service_id: str) -> Response:
         evaluation = service.evaluate(hook_request, data)
     metrics.count_cards(service.id, (item.finding for item in evaluation.issued))
     with phase("storage"):
+        # Cards a clinician overrode for this patient stay away (plugin/suppression.py).
+        issued = suppression.get_suppressions().issue(
+            service.id, suppression.subject_of(hook_request, evaluation), evaluation.issued
+        )
         get_store().record_issued(
             service.id,
             hook_request.hookInstance,
@@ -120,11 +124,12 @@ def call_service(service_id: str) -> Response:
                     item.finding,
                     item.card.source.topic.code if item.card.source.topic else None,
                 )
-                for item in evaluation.issued
+                for item in issued
             ],
         )
-    g.call_log["cards"] = len(evaluation.issued)
-    return jsonify(CdsResponse(cards=evaluation.cards).wire())
+    g.call_log["cards"] = len(issued)
+    g.call_log["suppressed"] = len(evaluation.issued) - len(issued)
+    return jsonify(CdsResponse(cards=[item.card for item in issued]).wire())
 
 
 def resolve_data(service: CdsService, hook_request: HookRequest) -> PrefetchData:
@@ -141,6 +146,9 @@ def post_feedback(service_id: str) -> Response:
         body = parse_body(Feedback)
     with phase("storage"):
         count = get_store().record_feedback(service.id, body.feedback)
+        g.call_log["suppressions"] = suppression.get_suppressions().apply_feedback(
+            service.id, body.feedback
+        )
     g.call_log["feedback"] = count
     return jsonify({"received": count})
 

@@ -1,0 +1,421 @@
+"""Feedback that changes behaviour: an overridden card stays away for a while.
+
+When a clinician overrides a card with a reason whose content entry has
+``suppress_hours`` > 0, the same kind of card (same ``source.topic`` code) is
+not shown again for the same patient (and the same encounter, for kinds the
+content marks per encounter) until that time has passed. Kinds bound to the
+m-kopper status (notification, isolation) come back at once when the status
+changes, e.g. suspected → confirmed.
+
+To know at feedback time which patient a card uuid belonged to, each issued
+card is recorded with a keyed hash (HMAC-SHA256) of the patient id and the
+encounter id, never the ids themselves. The key is CDS_PATIENT_HASH_SECRET
+(comma-separated: the first hashes new records, the others are still
+recognised, so the secret can be rotated), or a random key generated once and
+kept in CDS_DATA_DIR. All state is in the database, so every instance over one
+database suppresses the same cards. Expired records are deleted on write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask, current_app
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from cds_hooks.models import FeedbackItem, HookRequest
+from cds_hooks.services import Evaluation, IssuedCard
+from plugin.config import as_list, data_dir
+from plugin.storage import StorageError, Store, metadata
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+# Feedback comes while the card is on screen, or later from an EHR's retry queue; a card's
+# patient hash is kept this long for it, then deleted (feedback after that suppresses nothing).
+SUBJECT_RETENTION = timedelta(days=7)
+KEY_FILE = "patient-hash.key"
+MIN_SECRET_LENGTH = 32
+# An empty encounter hash: a record for the whole patient (or a call without an encounter).
+NO_ENCOUNTER = ""
+
+card_subjects = sa.Table(
+    "card_subjects",
+    metadata,
+    sa.Column("card_uuid", sa.String(64), primary_key=True),
+    sa.Column("service_id", sa.String(100), nullable=False),
+    sa.Column("finding", sa.String(100), nullable=False),
+    sa.Column("kind", sa.String(100), nullable=False),
+    sa.Column("patient_hash", sa.String(64), nullable=False),
+    sa.Column("encounter_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(20), nullable=True),
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)
+
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("patient_hash", sa.String(64), nullable=False),
+    sa.Column("encounter_hash", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(20), nullable=True),
+    sa.Column("reason", sa.String(100), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.UniqueConstraint("patient_hash", "encounter_hash", "kind", name="uq_suppressions_subject"),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _old_subjects(now: datetime) -> sa.Delete:
+    return card_subjects.delete().where(card_subjects.c.issued_at < now - SUBJECT_RETENTION)
+
+
+def card_kind(item: IssuedCard) -> str:
+    """The kind of a card: its source.topic code, else the finding it was rendered from."""
+    topic = item.card.source.topic
+    return (topic.code if topic else item.finding)[:100]
+
+
+# --- The keyed hash -------------------------------------------------------------------------
+
+
+class PatientHasher:
+    """HMAC-SHA256 of ids under the current key; older keys are still recognised."""
+
+    def __init__(self, keys: Sequence[bytes]):
+        if not keys:
+            raise ValueError("at least one key is needed")
+        self._keys = tuple(keys)
+
+    def _digest(self, key: bytes, domain: str, value: str) -> str:
+        # The domain keeps a patient id and an encounter id with the same text apart.
+        message = f"{domain}\x1f{value}".encode()
+        return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+    def hash(self, domain: str, value: str) -> str:
+        return self._digest(self._keys[0], domain, value)
+
+    def candidates(self, domain: str, value: str) -> list[str]:
+        return [self._digest(key, domain, value) for key in self._keys]
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The key kept in ``path``; created once (0600) when absent, safe against a racing worker."""
+    if not path.exists():
+        temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+            # link() fails when another worker won the race; its key is then the one kept.
+            with contextlib.suppress(FileExistsError):
+                os.link(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+    key = path.read_text(encoding="ascii").strip()
+    if len(key) < MIN_SECRET_LENGTH:
+        raise ValueError(f"the key file {KEY_FILE} in CDS_DATA_DIR is too short")
+    return key.encode("ascii")
+
+
+def hasher_from_settings(settings: Mapping[str, Any]) -> PatientHasher:
+    secrets_list = as_list(settings.get("CDS_PATIENT_HASH_SECRET", ""))
+    if secrets_list:
+        if any(len(secret) < MIN_SECRET_LENGTH for secret in secrets_list):
+            raise ValueError(
+                "setting CDS_PATIENT_HASH_SECRET: each secret needs "
+                f"{MIN_SECRET_LENGTH} characters or more"
+            )
+        return PatientHasher([secret.encode("utf-8") for secret in secrets_list])
+    return PatientHasher([load_or_create_key(data_dir(settings) / KEY_FILE)])
+
+
+# --- What the content says --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Which override reasons suppress and for how long; which kinds are per encounter."""
+
+    # override reason code -> hours the card stays away (0 or absent: no suppression)
+    reason_hours: Mapping[str, int]
+    # findings whose suppression holds for one encounter only
+    per_encounter: frozenset[str] = frozenset()
+    # findings that come back when the m-kopper status changes; None: every finding
+    status_bound: frozenset[str] | None = None
+    # override reason code -> display text, for the dashboard
+    reason_labels: Mapping[str, str] | None = None
+
+    def hours_for(self, reason_code: str | None) -> int:
+        return self.reason_hours.get(reason_code or "", 0)
+
+    def is_per_encounter(self, finding: str) -> bool:
+        return finding in self.per_encounter
+
+    def is_status_bound(self, finding: str) -> bool:
+        return self.status_bound is None or finding in self.status_bound
+
+
+def policy_from_knowledge(knowledge: Any, language: str = "nb") -> Policy:
+    """Read the policy from loaded guideline content (cds_hooks.knowledge.Knowledge)."""
+    content = knowledge.content
+    reasons = content.override_reasons
+    findings = content.findings
+    per_encounter = frozenset(
+        key for key, f in findings.items() if getattr(f, "suppress_per_encounter", False)
+    )
+    # A status change is a new clinical situation: unless the content says which kinds are
+    # bound to the status, every suppressed card comes back when it changes.
+    flags = {key: getattr(f, "resurface_on_status_change", None) for key, f in findings.items()}
+    status_bound = (
+        None
+        if all(flag is None for flag in flags.values())
+        else frozenset(key for key, flag in flags.items() if flag)
+    )
+    return Policy(
+        reason_hours={code: int(reason.suppress_hours) for code, reason in reasons.items()},
+        per_encounter=per_encounter,
+        status_bound=status_bound,
+        reason_labels={code: reason.display.get(language) for code, reason in reasons.items()},
+    )
+
+
+def policy_from_settings(settings: Mapping[str, Any]) -> Policy:
+    from cds_hooks.knowledge import load_knowledge
+
+    knowledge = load_knowledge(settings.get("CDS_CONTENT_FILE") or None)
+    language = str(settings.get("CDS_LANGUAGE") or "nb")
+    return policy_from_knowledge(knowledge, language)
+
+
+# --- The records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    patient: str | None
+    encounter: str | None
+    status: str | None
+
+
+def subject_of(request: HookRequest, evaluation: Evaluation) -> Subject:
+    def text(key: str) -> str | None:
+        value = request.context.get(key)
+        return str(value) if isinstance(value, str | int) and str(value) else None
+
+    return Subject(text("patientId"), text("encounterId"), evaluation.status)
+
+
+class Suppressions:
+    """Suppression state in the service's database (shared by every instance)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        hasher: PatientHasher,
+        policy: Policy | Callable[[], Policy],
+        clock: Clock = utcnow,
+    ):
+        self.engine = engine
+        self.hasher = hasher
+        self.clock = clock
+        self._policy = policy
+        self._lock = threading.Lock()
+
+    @property
+    def policy(self) -> Policy:
+        # Loaded on first use: the content was validated when the registry was built.
+        if callable(self._policy):
+            with self._lock:
+                if callable(self._policy):
+                    self._policy = self._policy()
+        return self._policy
+
+    def _scopes(self, finding: str, subject: Subject) -> set[str]:
+        if subject.encounter is None or not self.policy.is_per_encounter(finding):
+            return {NO_ENCOUNTER}
+        return set(self.hasher.candidates("encounter", subject.encounter))
+
+    def issue(
+        self, service_id: str, subject: Subject, issued: Sequence[IssuedCard]
+    ) -> list[IssuedCard]:
+        """Drop the cards suppressed for this subject; record the subject of the others."""
+        if not issued or subject.patient is None:
+            return list(issued)
+        now = self.clock()
+        patient_hashes = self.hasher.candidates("patient", subject.patient)
+        kinds = {card_kind(item) for item in issued}
+        try:
+            with self.engine.begin() as conn:
+                active = conn.execute(
+                    sa.select(
+                        suppressions.c.kind, suppressions.c.encounter_hash, suppressions.c.status
+                    ).where(
+                        suppressions.c.patient_hash.in_(patient_hashes),
+                        suppressions.c.kind.in_(kinds),
+                        suppressions.c.expires_at > now,
+                    )
+                ).all()
+                kept = [item for item in issued if not self._suppressed(item, subject, active)]
+                self._record_subjects(conn, service_id, subject, kept, now)
+        except SQLAlchemyError as exc:
+            raise StorageError() from exc
+        return kept
+
+    def _suppressed(self, item: IssuedCard, subject: Subject, active: Sequence[Any]) -> bool:
+        kind = card_kind(item)
+        scopes = self._scopes(item.finding, subject)
+        status_bound = self.policy.is_status_bound(item.finding)
+        return any(
+            row.kind == kind
+            and row.encounter_hash in scopes
+            and (not status_bound or row.status == subject.status)
+            for row in active
+        )
+
+    def _record_subjects(
+        self,
+        conn: sa.Connection,
+        service_id: str,
+        subject: Subject,
+        kept: Sequence[IssuedCard],
+        now: datetime,
+    ) -> None:
+        conn.execute(_old_subjects(now))
+        if not kept or subject.patient is None:
+            return
+        patient_hash = self.hasher.hash("patient", subject.patient)
+        encounter_hash = (
+            self.hasher.hash("encounter", subject.encounter) if subject.encounter else NO_ENCOUNTER
+        )
+        conn.execute(
+            card_subjects.insert(),
+            [
+                {
+                    "card_uuid": (item.card.uuid or "")[:64],
+                    "service_id": service_id[:100],
+                    "finding": item.finding[:100],
+                    "kind": card_kind(item),
+                    "patient_hash": patient_hash,
+                    "encounter_hash": encounter_hash,
+                    "status": subject.status[:20] if subject.status else None,
+                    "issued_at": now,
+                }
+                for item in kept
+                if item.card.uuid
+            ],
+        )
+
+    def apply_feedback(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
+        """Create a suppression for each override whose reason suppresses; return how many."""
+        created = 0
+        for item in items:
+            reason = item.overrideReason.reason if item.overrideReason else None
+            hours = self.policy.hours_for(reason.code if reason else None)
+            if item.outcome != "overridden" or reason is None or hours <= 0:
+                continue
+            created += self._suppress(service_id, item.card[:64], reason.code[:100], hours)
+        self.purge()
+        return created
+
+    def _suppress(self, service_id: str, card_uuid: str, reason: str, hours: int) -> int:
+        now = self.clock()
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    row = conn.execute(
+                        sa.select(card_subjects).where(
+                            card_subjects.c.card_uuid == card_uuid,
+                            card_subjects.c.service_id == service_id,
+                        )
+                    ).first()
+                    if row is None:
+                        return 0
+                    scope = (
+                        row.encounter_hash
+                        if self.policy.is_per_encounter(row.finding)
+                        else NO_ENCOUNTER
+                    )
+                    key = (
+                        suppressions.c.patient_hash == row.patient_hash,
+                        suppressions.c.encounter_hash == scope,
+                        suppressions.c.kind == row.kind,
+                    )
+                    # The latest override decides, also when it shortens an earlier one.
+                    conn.execute(suppressions.delete().where(*key))
+                    conn.execute(
+                        suppressions.insert().values(
+                            patient_hash=row.patient_hash,
+                            encounter_hash=scope,
+                            kind=row.kind,
+                            status=row.status,
+                            reason=reason,
+                            created_at=now,
+                            expires_at=now + timedelta(hours=hours),
+                        )
+                    )
+                return 1
+            except IntegrityError:
+                # Another instance wrote the same record at the same moment: try again.
+                if attempt == 2:
+                    raise StorageError() from None
+            except SQLAlchemyError as exc:
+                raise StorageError() from exc
+        return 0
+
+    def purge(self) -> int:
+        """Delete expired suppressions and card subjects past retention; return rows deleted."""
+        now = self.clock()
+        try:
+            with self.engine.begin() as conn:
+                gone = conn.execute(suppressions.delete().where(suppressions.c.expires_at <= now))
+                old = conn.execute(_old_subjects(now))
+        except SQLAlchemyError as exc:
+            raise StorageError() from exc
+        return int(gone.rowcount or 0) + int(old.rowcount or 0)
+
+    def active_count(self) -> int:
+        with self.engine.connect() as conn:
+            count = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(suppressions)
+                .where(suppressions.c.expires_at > self.clock())
+            ).scalar_one()
+        return int(count)
+
+
+def get_suppressions() -> Suppressions:
+    suppression: Suppressions = current_app.extensions["cds_suppression"]
+    return suppression
+
+
+def init_app(app: Flask) -> None:
+    """Attach the suppression state; a test may inject ``CDS_SUPPRESSION_POLICY``."""
+    settings = app.config
+    store: Store = app.extensions["cds_store"]
+    injected = settings.get("CDS_SUPPRESSION_POLICY")
+    policy: Policy | Callable[[], Policy] = (
+        injected if isinstance(injected, Policy) else (lambda: policy_from_settings(settings))
+    )
+    app.extensions["cds_suppression"] = Suppressions(
+        store.engine, hasher_from_settings(settings), policy
+    )
