@@ -1,0 +1,176 @@
+"""Cards: findings rendered from the content file into CDS Hooks cards.
+
+One card kind per finding. A finding whose content names ``merge_into`` is folded into that
+finding's card when both are present (related advice merged, not repeated). Cards are sorted by
+urgency (indicator, then the content's priority) and cut to ``max_cards``. Every call makes
+fresh uuids, so feedback can be joined to the very card shown.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cds_hooks.knowledge import FindingContent, Knowledge, Language
+from cds_hooks.models import Action, Card, Coding, Link, Source, Suggestion
+from cds_hooks.rules import NOTIFY_MUNICIPAL_DOCTOR, Finding
+from cds_hooks.services import IssuedCard
+
+_URGENCY = {"critical": 0, "warning": 1, "info": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class RenderContext:
+    """What a card may refer to: the hook context's ids, never other patient data."""
+
+    patient_id: str
+    encounter_id: str | None = None
+
+
+def _urgency(content: FindingContent, key: str) -> tuple[int, int, str]:
+    return (_URGENCY[content.indicator], content.priority, key)
+
+
+def _group(knowledge: Knowledge, findings: Sequence[Finding]) -> list[list[Finding]]:
+    """Findings grouped per card: the host first, then what is merged into it."""
+    findings_content = knowledge.content.findings
+    present = {finding.key for finding in findings}
+    groups: dict[str, list[Finding]] = {}
+    for finding in findings:
+        host = findings_content[finding.key].merge_into
+        owner = host if host is not None and host in present else finding.key
+        groups.setdefault(owner, [])
+        if owner == finding.key:
+            groups[owner].insert(0, finding)
+        else:
+            groups[owner].append(finding)
+    return sorted(groups.values(), key=lambda g: _urgency(findings_content[g[0].key], g[0].key))
+
+
+def _footer(knowledge: Knowledge, sections: Sequence[str], language: Language) -> str:
+    guideline = knowledge.content.guideline
+    return guideline.footer.get(language).format(
+        owner=guideline.owner,
+        title=guideline.title.get(language),
+        version=guideline.version,
+        sections=", ".join(sections),
+    )
+
+
+def notification_record(
+    knowledge: Knowledge, context: RenderContext, evidence: Sequence[str], language: Language
+) -> dict[str, Any]:
+    """A FHIR R4 Communication recording that kommunelegen was notified by telephone.
+
+    Communication fits: it records information that was conveyed to a recipient. Only text is
+    used for the recipient, the medium and the reason, because no verified code exists for them.
+    """
+    text = knowledge.content.notification_record
+    resource: dict[str, Any] = {
+        "resourceType": "Communication",
+        "status": "completed",
+        "subject": {"reference": f"Patient/{context.patient_id}"},
+        "recipient": [{"display": text.recipient.get(language)}],
+        "medium": [{"text": text.medium.get(language)}],
+        "reasonCode": [{"text": text.reason.get(language)}],
+        "payload": [{"contentString": text.payload.get(language)}],
+    }
+    if context.encounter_id:
+        resource["encounter"] = {"reference": f"Encounter/{context.encounter_id}"}
+    about = [
+        {"reference": ref}
+        for ref in evidence
+        if ref.split("/", 1)[0] in ("Condition", "Observation") and not ref.endswith("/(no id)")
+    ]
+    if about:
+        resource["about"] = about
+    return resource
+
+
+def _card(
+    knowledge: Knowledge, group: Sequence[Finding], context: RenderContext, language: Language
+) -> Card:
+    content = knowledge.content
+    host = group[0]
+    host_content = content.findings[host.key]
+    parts = [content.findings[f.key] for f in group]
+
+    sections = list(dict.fromkeys(section for part in parts for section in part.sections))
+    detail = "\n\n".join(part.detail.get(language) for part in parts)
+    detail = f"{detail}\n\n---\n\n_{_footer(knowledge, sections, language)}_"
+
+    links: dict[str, Link] = {}
+    for part in parts:
+        for name in part.links:
+            link = content.links[name]
+            links.setdefault(
+                link.url, Link(label=link.label.get(language), url=link.url, type="absolute")
+            )
+    reasons = list(dict.fromkeys(reason for part in parts for reason in part.override_reasons))
+    reason_system = knowledge.codesystem_url("override-reason")
+
+    suggestions: list[Suggestion] | None = None
+    if host.key == NOTIFY_MUNICIPAL_DOCTOR:
+        record = content.notification_record
+        suggestions = [
+            Suggestion(
+                label=record.label.get(language),
+                uuid=str(uuid.uuid4()),
+                isRecommended=True,
+                actions=[
+                    Action(
+                        type="create",
+                        description=record.description.get(language),
+                        resource=notification_record(knowledge, context, host.evidence, language),
+                    )
+                ],
+            )
+        ]
+
+    return Card(
+        uuid=str(uuid.uuid4()),
+        summary=host_content.summary.get(language),
+        detail=detail,
+        indicator=host_content.indicator,
+        source=Source.model_validate(
+            {
+                "label": content.guideline.source_label.get(language),
+                "url": content.guideline.url,
+                "topic": Coding(
+                    system=knowledge.codesystem_url("card-topic"),
+                    code=host.key,
+                    display=host_content.topic.get(language),
+                ),
+            }
+        ),
+        suggestions=suggestions,
+        selectionBehavior="any" if suggestions else None,
+        overrideReasons=[
+            Coding(
+                system=reason_system,
+                code=reason,
+                display=content.override_reasons[reason].display.get(language),
+            )
+            for reason in reasons
+        ]
+        or None,
+        links=list(links.values()) or None,
+    )
+
+
+def render_cards(
+    knowledge: Knowledge,
+    findings: Sequence[Finding],
+    context: RenderContext,
+    *,
+    language: Language = "nb",
+    max_cards: int = 3,
+) -> list[IssuedCard]:
+    """The cards for these findings, most urgent first, at most ``max_cards``."""
+    groups = _group(knowledge, findings)[: max(max_cards, 0)]
+    return [
+        IssuedCard(card=_card(knowledge, group, context, language), finding=group[0].key)
+        for group in groups
+    ]

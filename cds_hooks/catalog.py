@@ -1,0 +1,312 @@
+"""The seven CDS services of the m-kopper guideline, one per hook.
+
+Each service declares prefetch templates asking only for what its rules read, filtered on the
+FHIR server where search allows:
+
+- ``conditions``: the patient's active Conditions *without* a code filter. Norwegian records often
+  carry m-kopper as text only, and a text-only Condition cannot be found by code search; the
+  service filters by code and text itself (cheap: raw dicts, before validation).
+- ``observations``: Observations with the LOINC codes of ``mkopper-laboratory-tests``.
+- ``encounter``: the hook's Encounter (care setting).
+- ``aerosolOrders``: active ServiceRequests with aerosol-generating procedure codes.
+
+``conditions`` and ``observations`` are required where the answer depends on the m-kopper
+status: without them no answer is safe (412). The encounter is optional: an unknown setting
+still gets the precautions that hold in every setting.
+
+The order hooks look at the draft orders only (not at earlier orders), so a respirator card is
+shown when an aerosol-generating procedure is being ordered, not on every unrelated order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Any, get_args
+
+from cds_hooks.cards import RenderContext, render_cards
+from cds_hooks.errors import ContentError, DataUnavailable, InvalidRequest
+from cds_hooks.facts import Facts, Sources, aerosol_search_codes, derive_facts
+from cds_hooks.knowledge import Knowledge, Language
+from cds_hooks.models import HookRequest
+from cds_hooks.prefetch import resources_of
+from cds_hooks.rules import (
+    CLEANING_AFTER_CONSULTATION,
+    CONTACT_TRACING,
+    DROPLET_PRECAUTIONS,
+    DROPLET_PRECAUTIONS_OUTPATIENT,
+    FINDINGS,
+    INFECTIOUS_PERIOD,
+    ISOLATION_INPATIENT,
+    NOTIFY_MUNICIPAL_DOCTOR,
+    PLAN_OUTPATIENT_CONSULTATION,
+    RESPIRATOR,
+    SAMPLING_BY_AGREEMENT,
+    STAFF_IN_VULNERABLE_GROUPS,
+    evaluate_rules,
+)
+from cds_hooks.services import CdsService, Evaluation, PrefetchData, ServiceRegistry
+
+CONDITIONS = "conditions"
+OBSERVATIONS = "observations"
+ENCOUNTER = "encounter"
+AEROSOL_ORDERS = "aerosolOrders"
+
+STATUS_KEYS = frozenset({CONDITIONS, OBSERVATIONS})
+
+_SETTING_REGIME = frozenset(
+    {
+        ISOLATION_INPATIENT,
+        DROPLET_PRECAUTIONS_OUTPATIENT,
+        DROPLET_PRECAUTIONS,
+        CLEANING_AFTER_CONSULTATION,
+    }
+)
+_CHART = _SETTING_REGIME | {RESPIRATOR, STAFF_IN_VULNERABLE_GROUPS}
+
+# Which findings answer which moment.
+Wanted = Callable[[Facts], Collection[str]]
+
+
+def _fixed(keys: Collection[str]) -> Wanted:
+    return lambda _facts: keys
+
+
+def _order_findings(facts: Facts) -> Collection[str]:
+    if facts.mkopper_test_ordered:
+        return {RESPIRATOR, SAMPLING_BY_AGREEMENT, NOTIFY_MUNICIPAL_DOCTOR}
+    return {RESPIRATOR}
+
+
+def _templates(knowledge: Knowledge) -> dict[str, str]:
+    lab = knowledge.valueset("mkopper-laboratory-tests")
+    lab_codes = ",".join(f"{system}|{code}" for system, code in sorted(lab.codes))
+    aerosol_codes = ",".join(f"{system}|{code}" for system, code in aerosol_search_codes(knowledge))
+    return {
+        CONDITIONS: "Condition?patient={{context.patientId}}"
+        "&clinical-status=active,recurrence,relapse",
+        OBSERVATIONS: "Observation?patient={{context.patientId}}&code=" + lab_codes,
+        ENCOUNTER: "Encounter/{{context.encounterId}}",
+        AEROSOL_ORDERS: "ServiceRequest?patient={{context.patientId}}&status=active&code="
+        + aerosol_codes,
+    }
+
+
+def _context_bundle(request: HookRequest, name: str) -> list[dict[str, Any]] | None:
+    if name not in request.context:
+        return None
+    found = resources_of(request.context[name])
+    if found is None:
+        raise InvalidRequest(
+            "The hook context is not valid.",
+            details=[{"path": f"context.{name}", "problem": "must be a FHIR Bundle"}],
+        )
+    return found
+
+
+def _required(data: PrefetchData, keys: Collection[str]) -> None:
+    for key in sorted(keys):
+        if data.get(key) is None:
+            raise DataUnavailable(f"Prefetch '{key}' is not available.")
+
+
+class _Evaluator:
+    """The evaluate function of one service (a callable object, so it is easy to inspect)."""
+
+    def __init__(
+        self,
+        knowledge: Knowledge,
+        *,
+        wanted: Wanted,
+        required: Collection[str],
+        orders_from: str | None,
+        conditions_from_context: bool = False,
+        language: Language,
+        max_cards: int,
+    ) -> None:
+        self.knowledge = knowledge
+        self.wanted = wanted
+        self.required = frozenset(required)
+        self.orders_from = orders_from
+        self.conditions_from_context = conditions_from_context
+        self.language: Language = language
+        self.max_cards = max_cards
+
+    def __call__(self, request: HookRequest, data: PrefetchData) -> Evaluation:
+        _required(data, self.required)
+        context = request.context
+        encounter_id = context.get("encounterId")
+        encounter_id = encounter_id if isinstance(encounter_id, str) and encounter_id else None
+        if self.orders_from == "draftOrders":
+            orders = _context_bundle(request, "draftOrders")
+        elif self.orders_from is not None:
+            orders = data.get(self.orders_from)
+        else:
+            orders = None
+        if self.conditions_from_context:
+            conditions = _context_bundle(request, "conditions")
+            observations = None
+        else:
+            conditions = data.get(CONDITIONS)
+            observations = data.get(OBSERVATIONS)
+        sources = Sources(
+            conditions=conditions,
+            observations=observations,
+            encounters=data.get(ENCOUNTER),
+            encounter_id=encounter_id,
+            orders=orders,
+        )
+        facts = derive_facts(self.knowledge, sources)
+        if not facts.active:
+            return Evaluation([])
+        findings = evaluate_rules(facts, self.wanted(facts))
+        render_context = RenderContext(
+            patient_id=str(context.get("patientId")), encounter_id=encounter_id
+        )
+        issued = render_cards(
+            self.knowledge,
+            findings,
+            render_context,
+            language=self.language,
+            max_cards=self.max_cards,
+        )
+        return Evaluation(issued)
+
+
+def _check_coverage(knowledge: Knowledge, service_ids: Collection[str]) -> None:
+    content = knowledge.content
+    problems = [f"findings.{key}: missing" for key in sorted(FINDINGS - set(content.findings))]
+    problems += [
+        f"findings.{key}: no rule gives this finding"
+        for key in sorted(set(content.findings) - FINDINGS)
+    ]
+    known, texts = set(service_ids), set(content.services)
+    problems += [f"services.{sid}: missing" for sid in sorted(known - texts)]
+    problems += [f"services.{sid}: no such service" for sid in sorted(texts - known)]
+    if problems:
+        raise ContentError(f"{knowledge.source}: {'; '.join(problems)}")
+
+
+SERVICE_IDS = (
+    "mkopper-patient-view",
+    "mkopper-encounter-start",
+    "mkopper-appointment-book",
+    "mkopper-order-select",
+    "mkopper-order-sign",
+    "mkopper-encounter-discharge",
+    "mkopper-problem-list-item-create",
+)
+
+
+def build_registry(
+    knowledge: Knowledge, *, language: str = "nb", max_cards: int = 3
+) -> ServiceRegistry:
+    """The seven services, with titles and descriptions from the content file."""
+    if language not in get_args(Language):
+        raise ValueError(f"unsupported card language {language!r} (nb or en)")
+    if max_cards < 1:
+        raise ValueError("max_cards must be at least 1")
+    lang: Language = "nb" if language == "nb" else "en"
+    _check_coverage(knowledge, SERVICE_IDS)
+    templates = _templates(knowledge)
+
+    def pick(*keys: str) -> dict[str, str]:
+        return {key: templates[key] for key in keys}
+
+    def service(
+        service_id: str,
+        hook: str,
+        prefetch: dict[str, str],
+        *,
+        wanted: Wanted,
+        required: Collection[str],
+        required_context: tuple[str, ...],
+        orders_from: str | None = None,
+        conditions_from_context: bool = False,
+    ) -> CdsService:
+        text = knowledge.content.services[service_id]
+        return CdsService(
+            id=service_id,
+            hook=hook,
+            title=text.title.get(lang),
+            description=text.description.get(lang),
+            prefetch=prefetch,
+            evaluate=_Evaluator(
+                knowledge,
+                wanted=wanted,
+                required=required,
+                orders_from=orders_from,
+                conditions_from_context=conditions_from_context,
+                language=lang,
+                max_cards=max_cards,
+            ),
+            required_prefetch=frozenset(required),
+            required_context=required_context,
+        )
+
+    chart = pick(CONDITIONS, OBSERVATIONS, ENCOUNTER, AEROSOL_ORDERS)
+    status_only = pick(CONDITIONS, OBSERVATIONS)
+    return ServiceRegistry(
+        [
+            service(
+                "mkopper-patient-view",
+                "patient-view",
+                chart,
+                wanted=_fixed(_CHART),
+                required=STATUS_KEYS,
+                required_context=("patientId",),
+                orders_from=AEROSOL_ORDERS,
+            ),
+            service(
+                "mkopper-encounter-start",
+                "encounter-start",
+                chart,
+                wanted=_fixed(_CHART),
+                required=STATUS_KEYS,
+                required_context=("patientId", "encounterId"),
+                orders_from=AEROSOL_ORDERS,
+            ),
+            service(
+                "mkopper-appointment-book",
+                "appointment-book",
+                status_only,
+                wanted=_fixed({PLAN_OUTPATIENT_CONSULTATION, STAFF_IN_VULNERABLE_GROUPS}),
+                required=STATUS_KEYS,
+                required_context=("patientId", "appointments"),
+            ),
+            service(
+                "mkopper-order-select",
+                "order-select",
+                status_only,
+                wanted=_order_findings,
+                required=STATUS_KEYS,
+                required_context=("patientId", "draftOrders"),
+                orders_from="draftOrders",
+            ),
+            service(
+                "mkopper-order-sign",
+                "order-sign",
+                status_only,
+                wanted=_order_findings,
+                required=STATUS_KEYS,
+                required_context=("patientId", "draftOrders"),
+                orders_from="draftOrders",
+            ),
+            service(
+                "mkopper-encounter-discharge",
+                "encounter-discharge",
+                status_only,
+                wanted=_fixed({INFECTIOUS_PERIOD, CONTACT_TRACING}),
+                required=STATUS_KEYS,
+                required_context=("patientId", "encounterId"),
+            ),
+            service(
+                "mkopper-problem-list-item-create",
+                "problem-list-item-create",
+                pick(ENCOUNTER),
+                wanted=_fixed(_SETTING_REGIME | {NOTIFY_MUNICIPAL_DOCTOR}),
+                required=(),
+                required_context=("patientId", "conditions"),
+                conditions_from_context=True,
+            ),
+        ]
+    )

@@ -1,0 +1,411 @@
+"""Facts: the small frozen value the rules read, derived from raw FHIR resources.
+
+Decisions (each follows TERMINOLOGY.md where it speaks):
+
+- **Status** none / suspected / confirmed. A Condition counts when its code is in the
+  ``mkopper-diagnosis`` ValueSet, is a local ICD-10 subdivision of such a code (``B04.x``,
+  ``B040``) in an ICD-10 system, a local ``icd`` system or no system, or when its text or a
+  coding's display names m-kopper (``TEXT_PATTERN``; never bare "kopper" or "vannkopper").
+  verificationStatus ``confirmed`` confirms; ``unconfirmed``/``provisional``/``differential``
+  and an absent status mean suspected (never confirmed); ``refuted``/``entered-in-error`` mean
+  none. clinicalStatus ``inactive``/``remission``/``resolved`` mean none; an absent
+  clinicalStatus counts as active unless the Condition has an abatement.
+- **Laboratory**: results of tests in ``mkopper-laboratory-tests`` are ordered by effective time
+  (``effective[x]``, else ``issued``; an undated result sorts first, a positive result wins a
+  tie). The latest result decides what the laboratory says: positive confirms; a negative result
+  after a positive one withdraws the laboratory confirmation. It never withdraws a clinician's
+  Condition: a Condition that is still active and not refuted keeps its status.
+- **An m-kopper test in the orders** means the clinician suspects m-kopper: status is at least
+  suspected (the duty to notify applies "already at suspicion", guideline section 8).
+- **Care setting** from the Encounter's class (R4: one Coding; R5: a list of CodeableConcepts)
+  and Volven 8406 omsorgsnivå in class or type; when several disagree the most demanding wins.
+- **Respiratory symptoms**: TERMINOLOGY.md verifies no code for them, so they stay unknown.
+- Missing data is unknown (``None`` / ``UNKNOWN``), never "no". Raw dicts are filtered by code
+  before model validation; a malformed resource is skipped and counted, never a crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from cds_hooks.fhir import InvalidResource, parse_resource
+from cds_hooks.knowledge import Knowledge, ValueSetCodes
+
+VER_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+CLINICAL_STATUS = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+
+# Free-text names of m-kopper (TERMINOLOGY.md): mpox, m-kopper (any hyphen), apekopp*,
+# monkeypox, MPXV. The left boundary keeps "vannkopper" and bare "kopper" out.
+TEXT_PATTERN = re.compile(
+    r"(?<!\w)(?:mpox|m[-\u2010\u2011]kopper|apekopp|monkeypox|mpxv)", re.IGNORECASE
+)
+_ICD_SUBDIVISION = re.compile(r"^([A-Z]\d\d)\.?[0-9X]{0,2}$")
+
+_SUSPECTED = frozenset({"unconfirmed", "provisional", "differential"})
+_NOT_MKOPPER = frozenset({"refuted", "entered-in-error"})
+_ACTIVE = frozenset({"active", "recurrence", "relapse"})
+_OBSERVATION_COUNTS = frozenset({"final", "amended", "corrected", "preliminary"})
+_ORDER_COUNTS = frozenset({"draft", "active", "on-hold"})
+_ENCOUNTER_VOID = frozenset({"cancelled", "entered-in-error"})
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+class Status(IntEnum):
+    """M-kopper status, ordered so that the strongest evidence wins with ``max``."""
+
+    NONE = 0
+    SUSPECTED = 1
+    CONFIRMED = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class CareSetting(StrEnum):
+    OUTPATIENT = "outpatient"
+    EMERGENCY = "emergency"
+    INPATIENT = "inpatient"
+    FIELD = "field"
+    VIRTUAL = "virtual"
+    UNKNOWN = "unknown"
+
+
+# Most demanding first; the ValueSet behind each setting.
+_SETTING_VALUESETS: tuple[tuple[CareSetting, str], ...] = (
+    (CareSetting.INPATIENT, "care-setting-inpatient"),
+    (CareSetting.FIELD, "care-setting-field"),
+    (CareSetting.EMERGENCY, "care-setting-emergency"),
+    (CareSetting.OUTPATIENT, "care-setting-outpatient"),
+    (CareSetting.VIRTUAL, "care-setting-virtual"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    status: Status
+    status_evidence: tuple[str, ...] = ()
+    care_setting: CareSetting = CareSetting.UNKNOWN
+    care_setting_evidence: tuple[str, ...] = ()
+    respiratory_symptoms: bool | None = None
+    aerosol_procedure_ordered: bool | None = None
+    aerosol_procedure_evidence: tuple[str, ...] = ()
+    mkopper_test_ordered: bool | None = None
+    mkopper_test_evidence: tuple[str, ...] = ()
+    laboratory_negative_after_positive: bool = False
+    skipped: int = 0  # malformed resources left out
+
+    @property
+    def active(self) -> bool:
+        """Suspected or confirmed m-kopper: the condition for every card."""
+        return self.status is not Status.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """Raw resources for one call; ``None`` means unknown (not asked, or could not be had)."""
+
+    conditions: Sequence[dict[str, Any]] | None = None
+    observations: Sequence[dict[str, Any]] | None = None
+    encounters: Sequence[dict[str, Any]] | None = None
+    encounter_id: str | None = None
+    orders: Sequence[dict[str, Any]] | None = None
+
+
+# --- Small readers of raw FHIR (defensive: anything may be any type) ---------------------------
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _codings(concept: Any) -> list[tuple[str | None, str | None, str | None]]:
+    if not isinstance(concept, dict):
+        return []
+    found = []
+    for coding in _list(concept.get("coding")):
+        if isinstance(coding, dict):
+            system, code, display = (coding.get(k) for k in ("system", "code", "display"))
+            found.append(
+                (
+                    system if isinstance(system, str) else None,
+                    code.strip() if isinstance(code, str) else None,
+                    display if isinstance(display, str) else None,
+                )
+            )
+    return found
+
+
+def _concept_in(concept: Any, valueset: ValueSetCodes) -> bool:
+    return any(valueset.contains(system, code) for system, code, _ in _codings(concept))
+
+
+def _reference(resource: dict[str, Any]) -> str:
+    rid = resource.get("id")
+    return f"{resource.get('resourceType')}/{rid if isinstance(rid, str) and rid else '(no id)'}"
+
+
+def _validates(resource: dict[str, Any], resource_type: str) -> bool:
+    try:
+        parse_resource(resource, resource_type)
+    except InvalidResource:
+        return False
+    return True
+
+
+def _of_type(resources: Iterable[Any], resource_type: str) -> list[dict[str, Any]]:
+    return [r for r in resources if isinstance(r, dict) and r.get("resourceType") == resource_type]
+
+
+# --- Conditions ----------------------------------------------------------------------------------
+
+
+def names_mkopper(knowledge: Knowledge, concept: Any) -> bool:
+    """Does this CodeableConcept mean m-kopper (code, local ICD-10 subdivision, or text)?"""
+    diagnosis = knowledge.valueset("mkopper-diagnosis")
+    icd_systems = {
+        system for system, code in diagnosis.codes if _ICD_SUBDIVISION.match(code) is not None
+    }
+    icd_codes = {code for system, code in diagnosis.codes if system in icd_systems}
+    texts: list[str] = []
+    for system, code, display in _codings(concept):
+        if diagnosis.contains(system, code):
+            return True
+        local_icd = system is None or system in icd_systems or "icd" in system.lower()
+        match = _ICD_SUBDIVISION.match(code.upper()) if code else None
+        if local_icd and match is not None and match.group(1) in icd_codes:
+            return True
+        if display:
+            texts.append(display)
+    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
+        texts.append(concept["text"])
+    return any(TEXT_PATTERN.search(text) for text in texts)
+
+
+def _first_code(concept: Any, system: str) -> str | None:
+    for coding_system, code, _ in _codings(concept):
+        if coding_system == system and code:
+            return code
+    return None
+
+
+def condition_status(condition: dict[str, Any]) -> Status:
+    """The status one m-kopper Condition gives (its code already matched)."""
+    verification = _first_code(condition.get("verificationStatus"), VER_STATUS)
+    if verification in _NOT_MKOPPER:
+        return Status.NONE
+    clinical = _first_code(condition.get("clinicalStatus"), CLINICAL_STATUS)
+    if clinical is not None and clinical not in _ACTIVE:
+        return Status.NONE
+    if clinical is None and any(key.startswith("abatement") for key in condition):
+        return Status.NONE
+    if verification == "confirmed":
+        return Status.CONFIRMED
+    # unconfirmed, provisional, differential, absent or unknown: suspected, never confirmed.
+    return Status.SUSPECTED
+
+
+# --- Observations --------------------------------------------------------------------------------
+
+
+def _instant(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.replace("Z", "+00:00")
+    try:
+        parsed = dt.datetime.fromisoformat(text) if "T" in text else None
+        if parsed is None:
+            year, month, day = [*(int(part) for part in text.split("-")), 1, 1][:3]
+            parsed = dt.datetime(year, month, day)
+    except (ValueError, TypeError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _observation_time(observation: dict[str, Any]) -> dt.datetime:
+    period = observation.get("effectivePeriod")
+    candidates = [
+        observation.get("effectiveDateTime"),
+        observation.get("effectiveInstant"),
+        period.get("start") if isinstance(period, dict) else None,
+        observation.get("issued"),
+    ]
+    for candidate in candidates:
+        instant = _instant(candidate)
+        if instant is not None:
+            return instant
+    return _EARLIEST
+
+
+def _result(knowledge: Knowledge, observation: dict[str, Any]) -> bool | None:
+    """True positive, False negative, None neither (inconclusive, missing, other)."""
+    positive = knowledge.valueset("laboratory-result-positive")
+    negative = knowledge.valueset("laboratory-result-negative")
+    value = observation.get("valueCodeableConcept")
+    # The value is the result; interpretation is the fallback when the value says nothing.
+    for concept in [value, *_list(observation.get("interpretation"))]:
+        if _concept_in(concept, positive):
+            return True
+        if _concept_in(concept, negative):
+            return False
+    return None
+
+
+# --- Encounter -----------------------------------------------------------------------------------
+
+
+def _encounter_concepts(encounter: dict[str, Any]) -> list[Any]:
+    klass = encounter.get("class")
+    if isinstance(klass, dict):  # R4: one Coding
+        concepts: list[Any] = [{"coding": [klass]}]
+    else:  # R5: a list of CodeableConcepts
+        concepts = _list(klass)
+    return concepts + _list(encounter.get("type"))
+
+
+def _care_setting(
+    knowledge: Knowledge, encounters: Sequence[dict[str, Any]], encounter_id: str | None
+) -> tuple[CareSetting, tuple[str, ...], int]:
+    candidates = _of_type(encounters, "Encounter")
+    if encounter_id:
+        candidates = [e for e in candidates if e.get("id") == encounter_id] or (
+            candidates if len(candidates) == 1 and not candidates[0].get("id") else []
+        )
+    if len(candidates) != 1:
+        return CareSetting.UNKNOWN, (), 0
+    encounter = candidates[0]
+    r5_shape = isinstance(encounter.get("class"), list)
+    # R5-shaped Encounters cannot validate as R4; they are read field by field instead.
+    if not r5_shape and not _validates(encounter, "Encounter"):
+        return CareSetting.UNKNOWN, (), 1
+    if encounter.get("status") in _ENCOUNTER_VOID:
+        return CareSetting.UNKNOWN, (), 0
+    concepts = _encounter_concepts(encounter)
+    for setting, name in _SETTING_VALUESETS:
+        if any(_concept_in(c, knowledge.valueset(name)) for c in concepts):
+            return setting, (_reference(encounter),), 0
+    return CareSetting.UNKNOWN, (), 0
+
+
+# --- Orders --------------------------------------------------------------------------------------
+
+
+def _aerosol_valuesets(knowledge: Knowledge) -> list[ValueSetCodes]:
+    sets = [knowledge.valueset("aerosol-generating-procedures")]
+    if knowledge.content.matching.include_secondary_aerosol_procedures:
+        sets.append(knowledge.valueset("aerosol-generating-procedures-secondary"))
+    return sets
+
+
+def aerosol_search_codes(knowledge: Knowledge) -> list[tuple[str, str]]:
+    """The codes a ServiceRequest search needs to find every possibly aerosol-generating order."""
+    sets = [*_aerosol_valuesets(knowledge), knowledge.valueset("nasal-oxygen")]
+    return sorted({pair for valueset in sets for pair in valueset.codes})
+
+
+def _is_aerosol_generating(knowledge: Knowledge, order: dict[str, Any]) -> bool:
+    code = order.get("code")
+    if any(_concept_in(code, valueset) for valueset in _aerosol_valuesets(knowledge)):
+        return True
+    # Oxygen by nasal cannula is aerosol-generating only as high flow (TERMINOLOGY.md).
+    if _concept_in(code, knowledge.valueset("nasal-oxygen")):
+        device = knowledge.valueset("high-flow-oxygen-device")
+        return any(_concept_in(detail, device) for detail in _list(order.get("orderDetail")))
+    return False
+
+
+# --- Putting it together -------------------------------------------------------------------------
+
+
+def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
+    skipped = 0
+    status = Status.NONE
+    evidence: list[str] = []
+
+    for condition in _of_type(sources.conditions or [], "Condition"):
+        if not names_mkopper(knowledge, condition.get("code")):
+            continue
+        if not _validates(condition, "Condition"):
+            skipped += 1
+            continue
+        found = condition_status(condition)
+        if found is not Status.NONE:
+            status = max(status, found)
+            evidence.append(_reference(condition))
+
+    lab_tests = knowledge.valueset("mkopper-laboratory-tests")
+    results: list[tuple[dt.datetime, bool, str]] = []
+    for observation in _of_type(sources.observations or [], "Observation"):
+        if not _concept_in(observation.get("code"), lab_tests):
+            continue
+        if not _validates(observation, "Observation"):
+            skipped += 1
+            continue
+        if observation.get("status") not in _OBSERVATION_COUNTS:
+            continue
+        result = _result(knowledge, observation)
+        if result is not None:
+            results.append((_observation_time(observation), result, _reference(observation)))
+    results.sort(key=lambda item: (item[0], item[1]))  # a positive wins a tie: it sorts last
+    negative_after_positive = False
+    if results:
+        _, latest_positive, latest_ref = results[-1]
+        if latest_positive:
+            status = Status.CONFIRMED
+            evidence.append(latest_ref)
+        else:
+            negative_after_positive = any(positive for _, positive, _ in results)
+
+    aerosol: bool | None = None
+    aerosol_evidence: list[str] = []
+    test: bool | None = None
+    test_evidence: list[str] = []
+    if sources.orders is not None:
+        aerosol, test = False, False
+        for order in _of_type(sources.orders, "ServiceRequest"):
+            code = order.get("code")
+            is_test = _concept_in(code, lab_tests)
+            is_aerosol = _is_aerosol_generating(knowledge, order)
+            if not (is_test or is_aerosol):
+                continue
+            if not _validates(order, "ServiceRequest"):
+                skipped += 1
+                continue
+            if order.get("status") not in _ORDER_COUNTS:
+                continue
+            if is_aerosol:
+                aerosol = True
+                aerosol_evidence.append(_reference(order))
+            if is_test:
+                test = True
+                test_evidence.append(_reference(order))
+    if test and status is Status.NONE:
+        status = Status.SUSPECTED
+        evidence.extend(test_evidence)
+
+    setting: CareSetting = CareSetting.UNKNOWN
+    setting_evidence: tuple[str, ...] = ()
+    bad_encounters = 0
+    if sources.encounters is not None:
+        setting, setting_evidence, bad_encounters = _care_setting(
+            knowledge, sources.encounters, sources.encounter_id
+        )
+
+    return Facts(
+        status=status,
+        status_evidence=tuple(dict.fromkeys(evidence)),
+        care_setting=setting,
+        care_setting_evidence=setting_evidence,
+        respiratory_symptoms=None,
+        aerosol_procedure_ordered=aerosol,
+        aerosol_procedure_evidence=tuple(aerosol_evidence),
+        mkopper_test_ordered=test,
+        mkopper_test_evidence=tuple(test_evidence),
+        laboratory_negative_after_positive=negative_after_positive,
+        skipped=skipped + bad_encounters,
+    )
