@@ -8,11 +8,27 @@ to validate only the resources that matter.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
+import requests
 from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError, ReadTimeoutError
+
+from cds_hooks.errors import FhirAuthError, FhirError, FhirNotAllowed, FhirUnavailable
 
 FHIR_RELEASE = "R4"
 FHIR_VERSION = "4.0.1"
@@ -36,3 +52,290 @@ def parse_resource(data: dict[str, Any], resource_type: str | None = None) -> FH
     except ValidationError as exc:
         paths = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
         raise InvalidResource(f"{name} is not valid FHIR at: {', '.join(paths)[:300]}") from None
+
+
+# --- Client ------------------------------------------------------------------
+
+logger = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_base(url: str) -> str:
+    """A FHIR base URL in one comparable form: scheme, host, port, path without trailing slash.
+
+    Raises ValueError for anything that is not a plain http(s) base (user info, query,
+    fragment), so a crafted ``fhirServer`` cannot slip past the allowlist comparison.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise ValueError("FHIR base URL must be http or https")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("FHIR base URL must not carry user info")
+    if parts.query or parts.fragment:
+        raise ValueError("FHIR base URL must not carry a query or fragment")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError("FHIR base URL has no host")
+    try:
+        port = parts.port or DEFAULT_PORTS[scheme]
+    except ValueError:
+        raise ValueError("FHIR base URL has an invalid port") from None
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    path = parts.path.rstrip("/")
+    return f"{scheme}://{host}:{port}{path}"
+
+
+class Allowlist:
+    """The FHIR base URLs the service may send an EHR's token to (CDS_ALLOWED_FHIR_SERVERS)."""
+
+    def __init__(self, bases: Iterable[str] = ()) -> None:
+        self._bases = frozenset(normalise_base(base) for base in bases if base.strip())
+
+    @classmethod
+    def from_setting(cls, value: str) -> Allowlist:
+        """Parse the comma-separated setting; a malformed entry is a configuration error."""
+        return cls(part for part in value.split(",") if part.strip())
+
+    def __len__(self) -> int:
+        return len(self._bases)
+
+    def allows(self, base: str) -> bool:
+        try:
+            return normalise_base(base) in self._bases
+        except ValueError:
+            return False
+
+    def check(self, base: str) -> None:
+        if not self.allows(base):
+            raise FhirNotAllowed()
+
+
+def same_base(url: str, base: str) -> bool:
+    """Whether ``url`` lies under ``base`` (same scheme, host, port and path prefix)."""
+    try:
+        parts = urlsplit(url)
+        target = normalise_base(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
+        root = normalise_base(base)
+    except ValueError:
+        return False
+    return target == root or target.startswith(root + "/")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """Raw resources from one read or search, across the pages that were followed."""
+
+    resources: list[dict[str, Any]]
+    pages: int = 1
+    # True when a next page existed but was not followed (page or entry cap, other host).
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    timeout_s: float = 1.0  # each HTTP call (connect, and each read), never beyond the deadline
+    connect_timeout_s: float = 0.5
+    max_pages: int = 5  # Bundle pages followed per fetch
+    max_entries: int = 10_000  # resources kept per fetch
+    max_bytes: int = 32 * 1024 * 1024  # one response body
+    pool_size: int = 16  # HTTP connections per host and worker threads for parallel fetch
+
+
+class FhirClient:
+    """One pooled HTTP session and one thread pool for every FHIR call the service makes.
+
+    Thread-safe for concurrent ``fetch`` calls. Errors leave as ``cds_hooks.errors``
+    (``FhirUnavailable``, ``FhirAuthError``, ``FhirError``) whose messages name the
+    HTTP status or the failure kind only: never the URL (its query carries patient ids),
+    the token or the response body.
+    """
+
+    def __init__(self, limits: ClientLimits | None = None,
+                 session: requests.Session | None = None) -> None:
+        self.limits = limits or ClientLimits()
+        self.session = session or requests.Session()
+        adapter = HTTPAdapter(pool_connections=self.limits.pool_size,
+                              pool_maxsize=self.limits.pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        # No cookies (a FHIR server's cookie must not ride along with another patient's
+        # request) and nothing from the environment: .netrc credentials would replace the
+        # Authorization header requests sees no auth for.
+        self.session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        self.session.trust_env = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
+        self._lock = threading.Lock()
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The shared pool for parallel fetches, made on first use in each process.
+
+        Threads do not survive ``fork``: a client built before gunicorn forks its
+        workers gets a fresh pool in each worker.
+        """
+        with self._lock:
+            if self._executor is None or self._executor_pid != os.getpid():
+                self._executor = ThreadPoolExecutor(max_workers=self.limits.pool_size,
+                                                    thread_name_prefix="fhir-fetch")
+                self._executor_pid = os.getpid()
+            return self._executor
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+        self.session.close()
+
+    def __enter__(self) -> FhirClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def fetch(self, base: str, relative: str, token: str | None,
+              deadline: float | None = None) -> FetchResult:
+        """GET ``base/relative`` and, for a Bundle, its ``next`` pages on the same base.
+
+        ``deadline`` is a ``time.monotonic()`` instant; no call outlives it.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self.limits.timeout_s * (self.limits.max_pages + 1)
+        url = f"{base.rstrip('/')}/{relative.lstrip('/')}"
+        resources: list[dict[str, Any]] = []
+        pages = 0
+        while True:
+            body = self._get_json(url, token, deadline)
+            pages += 1
+            resource_type = body.get("resourceType")
+            if resource_type == "OperationOutcome":
+                raise FhirError("The FHIR server answered with an OperationOutcome.")
+            if resource_type != "Bundle":
+                return FetchResult(resources=[body], pages=pages)
+            room = self.limits.max_entries - len(resources)
+            page_resources = bundle_resources(body)
+            resources.extend(page_resources[:room])
+            next_url = next_link(body)
+            if next_url is None:
+                return FetchResult(resources=resources, pages=pages)
+            if len(page_resources) >= room:
+                logger.warning("FHIR search stopped at the entry cap (%d)", self.limits.max_entries)
+                return FetchResult(resources=resources, pages=pages, truncated=True)
+            if pages >= self.limits.max_pages:
+                logger.warning("FHIR search stopped at the page cap (%d)", self.limits.max_pages)
+                return FetchResult(resources=resources, pages=pages, truncated=True)
+            next_url = urljoin(url, next_url)
+            if not same_base(next_url, base):
+                # Following it would send the token to a server nobody allowed.
+                logger.warning("FHIR search next link leaves the fhirServer base; not followed")
+                return FetchResult(resources=resources, pages=pages, truncated=True)
+            url = next_url
+
+    def _get_json(self, url: str, token: str | None, deadline: float) -> dict[str, Any]:
+        remaining = _remaining(deadline)
+        headers = {"Accept": FHIR_JSON}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = (min(self.limits.connect_timeout_s, remaining),
+                   min(self.limits.timeout_s, remaining))
+        try:
+            response = self.session.get(url, headers=headers, timeout=timeout, stream=True,
+                                        allow_redirects=False)
+        except requests.Timeout:
+            raise FhirUnavailable("The FHIR server did not answer in time.") from None
+        except requests.RequestException:
+            raise FhirUnavailable("The FHIR server could not be reached.") from None
+        try:
+            _check_status(response.status_code)
+            raw = self._read_body(response, deadline)
+        finally:
+            response.close()
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            raise FhirError("The FHIR server's answer is not JSON.") from None
+        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+            raise FhirError("The FHIR server's answer is not a FHIR resource.")
+        return body
+
+    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
+        """Read the body in small steps so neither the deadline nor the size cap can be outrun."""
+        chunks: list[bytes] = []
+        size = 0
+        raw = response.raw
+        try:
+            while True:
+                _tighten_socket(raw, _remaining(deadline))
+                chunk = raw.read1(64 * 1024, decode_content=True)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > self.limits.max_bytes:
+                    raise FhirError("The FHIR server's answer is too large.")
+                chunks.append(chunk)
+        except (TimeoutError, ReadTimeoutError):
+            raise FhirUnavailable("The FHIR server did not answer in time.") from None
+        except (OSError, HTTPError):
+            raise FhirUnavailable("The FHIR server's answer was cut off.") from None
+
+
+def _remaining(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise FhirUnavailable("The FHIR server did not answer within the time budget.")
+    return remaining
+
+
+def _tighten_socket(raw: Any, remaining: float) -> None:
+    """Cap the next socket read at what is left of the budget (per-read timeouts alone reset)."""
+    connection = getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.settimeout(remaining)
+
+
+def _check_status(status: int) -> None:
+    if 200 <= status < 300:
+        return
+    if status in (401, 403):
+        raise FhirAuthError(f"The FHIR server refused the access token (HTTP {status}).")
+    if status == 429 or status >= 500:
+        raise FhirUnavailable(f"The FHIR server is unavailable (HTTP {status}).")
+    raise FhirError(f"The FHIR server answered HTTP {status}.")
+
+
+def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The matched resources of a Bundle page; search outcomes and malformed entries are skipped."""
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return []
+    found: list[dict[str, Any]] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        resource = entry.get("resource")
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            continue
+        search = entry.get("search")
+        if isinstance(search, dict) and search.get("mode") == "outcome":
+            continue
+        found.append(resource)
+    return found
+
+
+def next_link(bundle: dict[str, Any]) -> str | None:
+    links = bundle.get("link")
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            url = link.get("url")
+            if isinstance(url, str) and url:
+                return url
+    return None
