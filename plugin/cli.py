@@ -12,6 +12,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "plugin.serve",
     "plugin.content_cmd",
+    "plugin.contract",
 )
 
 
