@@ -1,15 +1,36 @@
-"""`mkopper-cds serve`: run the service under gunicorn (or Flask's server with --dev)."""
+"""`mkopper-cds serve`: run the service under gunicorn (or Flask's server with --dev).
+
+The app is built once in the gunicorn master (``preload_app``) and the workers
+are forked from it: start-up work (settings, migrations, the guideline content)
+happens once, the workers share those pages until they write to them, and a
+broken setting stops the service before any worker starts.
+
+Worker type and count were chosen by measurement on a 2-core machine; the
+numbers are in docs/operations.md. SIGTERM is a graceful shutdown: gunicorn
+stops accepting, lets each worker finish the calls it has (up to
+``GRACEFUL_TIMEOUT_S``) and then exits.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from plugin.config import as_int, database_url, load_settings
+from plugin import metrics
+from plugin.config import as_int, data_dir, database_url, load_settings
 
 log = logging.getLogger(__name__)
+
+WORKER_CLASSES = ("gthread", "sync")
+DEFAULT_WORKER_CLASS = "gthread"
+DEFAULT_THREADS = 4
+# A CDS call is answered in milliseconds; a call still running after this long at
+# shutdown is one the EHR has already given up on.
+GRACEFUL_TIMEOUT_S = 20
 
 
 def register(subparsers: Any) -> None:
@@ -18,6 +39,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, default=None, help="port (default CDS_PORT)")
     parser.add_argument("--workers", type=int, default=None, help="workers (default CDS_WORKERS)")
     parser.add_argument(
+        "--worker-class",
+        choices=WORKER_CLASSES,
+        default=DEFAULT_WORKER_CLASS,
+        help=f"gunicorn worker type (default {DEFAULT_WORKER_CLASS}; see docs/operations.md)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"threads per gthread worker (default {DEFAULT_THREADS})",
+    )
+    parser.add_argument(
         "--dev",
         action="store_true",
         help="Flask's development server (single process, reloads nothing)",
@@ -25,25 +58,55 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
+def gunicorn_options(
+    host: str,
+    port: int,
+    workers: int,
+    worker_class: str = DEFAULT_WORKER_CLASS,
+    threads: int = DEFAULT_THREADS,
+) -> dict[str, Any]:
+    """The gunicorn configuration, shared with the benchmark's reference app."""
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": "gthread",
-        "threads": 4,
+        "worker_class": worker_class,
+        "threads": threads if worker_class == "gthread" else 1,
         "preload_app": True,
-        "graceful_timeout": 20,
+        "graceful_timeout": GRACEFUL_TIMEOUT_S,
         "timeout": 30,
         "keepalive": 5,
+        # The app writes one JSON line per call; gunicorn's access log would repeat it.
         "accesslog": None,
         "post_fork": _post_fork,
+        "child_exit": _child_exit,
     }
 
 
 def _post_fork(_server: Any, worker: Any) -> None:
     # Connections opened in the master before the fork must not be shared by workers.
-    app = worker.app.callable
-    app.extensions["cds_store"].engine.dispose(close=False)
+    store = worker.app.callable.extensions.get("cds_store")
+    if store is not None:
+        store.engine.dispose(close=False)
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    metrics.mark_worker_dead(worker.pid)
+
+
+def run_gunicorn(load: Callable[[], Any], options: dict[str, Any]) -> None:
+    """Serve the WSGI app returned by ``load`` under gunicorn with ``options``."""
+    from gunicorn.app.base import BaseApplication
+
+    class Application(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return load()
+
+    os.environ.setdefault("SERVER_SOFTWARE", "gunicorn")
+    Application().run()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,21 +122,15 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     migrate(database_url(settings))
+    if not args.dev:
+        # Before the app (and its metrics) exist: the workers count into files here, one
+        # directory per port so two instances sharing a data directory keep apart.
+        metrics.enable_multiprocess(Path(data_dir(settings)) / f"prometheus-{port}")
     app = create_app({"CDS_SKIP_MIGRATE": True})
     if args.dev:
         app.run(host=host, port=port, debug=False, use_reloader=False)
         return 0
-
-    from gunicorn.app.base import BaseApplication
-
-    class Application(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            for key, value in gunicorn_options(host, port, workers).items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            return app
-
-    os.environ.setdefault("SERVER_SOFTWARE", "gunicorn")
-    Application().run()
+    run_gunicorn(
+        lambda: app, gunicorn_options(host, port, workers, args.worker_class, args.threads)
+    )
     return 0

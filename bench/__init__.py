@@ -1,0 +1,1 @@
+"""Benchmark of the service against a bare Flask reference (see run.py)."""

@@ -1,0 +1,494 @@
+"""Benchmark: the patient-view service against a bare Flask reference, in one run.
+
+Starts the Medplum FHIR test server (tests/fhir_server) with the synthetic
+patients, the service (`mkopper-cds serve`, gunicorn) and the reference
+(bench/reference_app.py, the same gunicorn configuration), then measures with
+wrk (peak throughput, p50/p99 at peak) and with bench/rate.py (p50/p99 at half
+of the peak rate, constant-rate) for:
+
+- ``prefetch``: patient-view for a typical patient, all prefetch in the request;
+- ``fetch``: the same patient without prefetch, fetched from the FHIR server on loopback;
+- ``large``: patient-view with prefetch for the large synthetic record;
+- ``reference``: the bare Flask JSON POST.
+
+Prints a table and writes JSON; every figure also as a ratio to the reference.
+It asserts no timings: it fails only when something does not run or answers
+with an error. ``--short`` is the CI version (a second or two per figure).
+
+    .venv/bin/python bench/run.py [--short] [--workers 2] [--worker-class gthread]
+    .venv/bin/python bench/run.py --matrix   # worker type and count comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.rate import constant_rate  # noqa: E402 - after the path is set
+from tests.fhirserver import FhirTestServer, server_available  # noqa: E402
+
+PATIENTS = ROOT / "fhir_profiles" / "patients"
+LUA = Path(__file__).resolve().parent / "post.lua"
+FHIR_TOKEN = "bench-fhir-token"  # noqa: S105 - the test server's own token, not a secret
+TYPICAL = "mk-suspected-emergency-respiratory"
+LARGE = "mk-large-record"
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Figure:
+    scenario: str
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    half_rate: float = 0.0
+    half_p50_ms: float = 0.0
+    half_p99_ms: float = 0.0
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - loopback
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Accept", "application/fhir+json, application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+class Process:
+    """A server process, its start-to-ready time and its workers' memory."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path, port: int):
+        self.name = name
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = log
+        started = time.perf_counter()
+        self._log_file = log.open("w")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and scripts
+            argv, env=env, cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+        self.ready_s = self._wait_ready(started)
+
+    def _wait_ready(self, started: float) -> float:
+        while time.perf_counter() - started < READY_TIMEOUT_S:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.base + "/readyz", timeout=1) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        return time.perf_counter() - started
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} not ready in {READY_TIMEOUT_S} s")
+
+    def workers(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            return []
+
+    def memory_mb(self) -> dict[str, float]:
+        """Largest RSS and PSS (shared pages divided among sharers) of a worker, in MB."""
+        rss, pss = 0.0, 0.0
+        for pid in self.workers():
+            try:
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            fields = dict(re.findall(r"^(\w+):\s+(\d+) kB", rollup, re.M))
+            rss = max(rss, int(fields.get("Rss", 0)) / 1024)
+            pss = max(pss, int(fields.get("Pss", 0)) / 1024)
+        return {"worker_rss_mb": round(rss, 1), "worker_pss_mb": round(pss, 1)}
+
+    def stop(self) -> float:
+        """SIGTERM (graceful) and the seconds until the process is gone."""
+        started = time.perf_counter()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log_file.close()
+        return time.perf_counter() - started
+
+
+def start_service(tmp: Path, fhir_base: str, args: argparse.Namespace) -> Process:
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        CDS_DATA_DIR=str(tmp / "service"),
+        CDS_ALLOW_UNSIGNED="1",
+        CDS_ALLOWED_FHIR_SERVERS=fhir_base,
+        CDS_LOG_LEVEL=args.log_level,
+    )
+    env.pop("CDS_DATABASE_URL", None)
+    if args.database_url:
+        env["CDS_DATABASE_URL"] = args.database_url
+    argv = [
+        sys.executable,
+        "-m",
+        "plugin.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--worker-class",
+        args.worker_class,
+        "--threads",
+        str(args.threads),
+    ]
+    return Process("service", argv, env, tmp / "service.log", port)
+
+
+def start_reference(tmp: Path, args: argparse.Namespace) -> Process:
+    port = free_port()
+    argv = [
+        sys.executable,
+        str(ROOT / "bench" / "reference_app.py"),
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--worker-class",
+        args.worker_class,
+        "--threads",
+        str(args.threads),
+    ]
+    return Process("reference", argv, dict(os.environ), tmp / "reference.log", port)
+
+
+def load_patient(fhir: FhirTestServer, patient: str) -> None:
+    bundle = json.loads((PATIENTS / f"{patient}.json").read_text(encoding="utf-8"))
+    status, body = fhir.request("POST", "/", bundle)
+    if status != 200:
+        raise RuntimeError(f"loading {patient} failed ({status}): {json.dumps(body)[:500]}")
+
+
+def search_all(fhir: FhirTestServer, query: str) -> dict[str, Any]:
+    """Every page of a search, as one searchset Bundle (what an EHR's prefetch would send)."""
+    entries: list[Any] = []
+    path: str | None = "/" + query
+    while path:
+        status, page = fhir.request("GET", path)
+        if status != 200:
+            raise RuntimeError(f"search {query.split('?')[0]} failed ({status})")
+        entries.extend(page.get("entry") or [])
+        link = next(
+            (ln["url"] for ln in page.get("link", []) if ln.get("relation") == "next"), None
+        )
+        path = link[len(fhir.base_url) :] if link and link.startswith(fhir.base_url) else None
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+
+
+def fill(template: str, context: dict[str, Any]) -> str:
+    return re.sub(
+        r"\{\{\s*context\.(\w+)\s*\}\}",
+        lambda m: urllib.parse.quote(str(context.get(m.group(1), "")), safe=""),
+        template,
+    )
+
+
+def hook_body(
+    context: dict[str, Any],
+    fhir: FhirTestServer,
+    prefetch: dict[str, str] | None,
+    with_prefetch: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "fhirServer": fhir.base_url,
+        "fhirAuthorization": {
+            "access_token": FHIR_TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "scope": "patient/*.read",
+            "subject": "mkopper-cds",
+        },
+        "context": context,
+    }
+    if with_prefetch:
+        body["prefetch"] = {
+            key: search_all(fhir, fill(template, context))
+            for key, template in (prefetch or {}).items()
+        }
+    return body
+
+
+def pick_service(base: str, wanted: str | None) -> dict[str, Any]:
+    status, discovery = http_json("GET", base + "/cds-services")
+    if status != 200:
+        raise RuntimeError(f"discovery answered {status}")
+    services = [s for s in discovery["services"] if s["hook"] == "patient-view"]
+    if wanted:
+        services = [s for s in services if s["id"] == wanted]
+    if not services:
+        raise RuntimeError("no patient-view service in discovery")
+    service: dict[str, Any] = services[0]
+    return service
+
+
+def run_wrk(url: str, body_file: Path, duration_s: int, connections: int) -> dict[str, Any]:
+    env = dict(os.environ, BENCH_BODY=str(body_file))
+    out = subprocess.run(  # noqa: S603 - wrk from PATH, fixed arguments
+        [
+            shutil.which("wrk") or "/usr/bin/wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{duration_s}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+    result: dict[str, Any] = json.loads(line.removeprefix("BENCH_RESULT "))
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def measure(
+    name: str, url: str, body: dict[str, Any], tmp: Path, args: argparse.Namespace
+) -> Figure:
+    # Kept after the run (next to the JSON report) for bench/profile.py.
+    body_file = args.out.parent / "bench-bodies" / f"{name}.json"
+    body_file.parent.mkdir(parents=True, exist_ok=True)
+    raw = json.dumps(body).encode()
+    body_file.write_bytes(raw)
+    status, answer = http_json("POST", url, body)
+    if status != 200:
+        raise RuntimeError(f"{name}: the call answered {status}: {json.dumps(answer)[:500]}")
+    run_wrk(url, body_file, 1, args.connections)  # warm-up: caches, connections, JIT-free paths
+    peak = run_wrk(url, body_file, args.duration, args.connections)
+    if peak["non_2xx"] or peak["socket_errors"]:
+        raise RuntimeError(f"{name}: errors under load: {peak}")
+    figure = Figure(
+        scenario=name,
+        rps=round(peak["rps"], 1),
+        p50_ms=round(peak["p50_us"] / 1000, 2),
+        p99_ms=round(peak["p99_us"] / 1000, 2),
+    )
+    half = constant_rate(url, raw, max(1.0, peak["rps"] / 2), args.duration)
+    if half.errors:
+        raise RuntimeError(f"{name}: {half.errors} errors at half rate")
+    figure.half_rate = round(half.rate, 1)
+    figure.half_p50_ms = round(half.p50_ms, 2)
+    figure.half_p99_ms = round(half.p99_ms, 2)
+    print(
+        f"  {name:10s} {figure.rps:8.1f} req/s  p50 {figure.p50_ms:6.2f} ms  "
+        f"p99 {figure.p99_ms:6.2f} ms | at {figure.half_rate:.0f}/s: "
+        f"p50 {figure.half_p50_ms:.2f} p99 {figure.half_p99_ms:.2f} ms",
+        flush=True,
+    )
+    return figure
+
+
+def add_ratios(figures: list[Figure]) -> None:
+    ref = next(f for f in figures if f.scenario == "reference")
+    for fig in figures:
+        fig.ratios = {
+            key: round(getattr(fig, key) / getattr(ref, key), 2) if getattr(ref, key) else 0.0
+            for key in ("rps", "p50_ms", "p99_ms", "half_p50_ms", "half_p99_ms")
+        }
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout  # noqa: S607
+        model = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in lscpu.splitlines()
+                if ln.startswith("Model name")
+            ),
+            "",
+        )
+    except OSError:
+        pass
+    commit = subprocess.run(  # noqa: S603 - git from PATH, fixed arguments
+        [shutil.which("git") or "/usr/bin/git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def table(figures: list[Figure]) -> str:
+    head = (
+        "| scenario | req/s | ×ref | p50 ms | p99 ms | rate/s (½ peak) | p50 ms | p99 ms "
+        "| p99 ×ref |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for f in figures:
+        lines.append(
+            f"| {f.scenario} | {f.rps:.0f} | {f.ratios['rps']:.2f} | {f.p50_ms:.2f} | "
+            f"{f.p99_ms:.2f} | {f.half_rate:.0f} | {f.half_p50_ms:.2f} | {f.half_p99_ms:.2f} | "
+            f"{f.ratios['half_p99_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def bench_once(args: argparse.Namespace, fhir: FhirTestServer, tmp: Path) -> dict[str, Any]:
+    service = start_service(tmp, fhir.base_url, args)
+    reference = start_reference(tmp, args)
+    try:
+        chosen = pick_service(service.base, args.service)
+        url = f"{service.base}/cds-services/{chosen['id']}"
+        prefetch = chosen.get("prefetch") or {}
+        typical = {"userId": "Practitioner/bench", "patientId": args.patient}
+        large = {"userId": "Practitioner/bench", "patientId": LARGE}
+        print(
+            f"service {chosen['id']} ({args.worker_class}, {args.workers} workers, "
+            f"{args.threads} threads), ready in {service.ready_s:.2f} s; "
+            f"reference ready in {reference.ready_s:.2f} s",
+            flush=True,
+        )
+        figures = [
+            measure("prefetch", url, hook_body(typical, fhir, prefetch, True), tmp, args),
+            measure("fetch", url, hook_body(typical, fhir, prefetch, False), tmp, args),
+        ]
+        if not args.skip_large:
+            figures.append(measure("large", url, hook_body(large, fhir, prefetch, True), tmp, args))
+        ref_url = f"{reference.base}/cds-services/{chosen['id']}"
+        figures.append(
+            measure("reference", ref_url, hook_body(typical, fhir, prefetch, True), tmp, args)
+        )
+        add_ratios(figures)
+        memory = service.memory_mb()
+        status, _ = http_json("GET", service.base + "/metrics")
+        if status != 200:
+            raise RuntimeError(f"/metrics answered {status}")
+    finally:
+        service_stop = service.stop()
+        reference.stop()
+    return {
+        "config": {
+            "worker_class": args.worker_class,
+            "workers": args.workers,
+            "threads": args.threads,
+            "wrk_connections": args.connections,
+            "duration_s": args.duration,
+            "patient": args.patient,
+            "service": chosen["id"],
+        },
+        "ready_s": round(service.ready_s, 2),
+        "sigterm_exit_s": round(service_stop, 2),
+        **memory,
+        "figures": [asdict(f) for f in figures],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="CI: a second per figure")
+    parser.add_argument(
+        "--matrix", action="store_true", help="compare sync/gthread with 2, 3 and 4 workers"
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"))
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per figure")
+    parser.add_argument("--patient", default=TYPICAL, help="the typical patient's id")
+    parser.add_argument("--service", default=None, help="patient-view service id")
+    parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--log-level", default="INFO", help="CDS_LOG_LEVEL of the service")
+    parser.add_argument("--database-url", default="", help="CDS_DATABASE_URL (default SQLite)")
+    parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench.json")
+    args = parser.parse_args()
+    if args.short:
+        args.duration = 1
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (Debian package wrk)", file=sys.stderr)
+        return 2
+    reason = server_available()
+    if reason:
+        print(f"FHIR test server unavailable: {reason}", file=sys.stderr)
+        return 2
+
+    configs = [(args.worker_class, args.workers)]
+    if args.matrix:
+        configs = [(kind, n) for kind in ("sync", "gthread") for n in (2, 3, 4)]
+    results = []
+    fhir = FhirTestServer(token=FHIR_TOKEN, validate_on_write=False).start()
+    with tempfile.TemporaryDirectory(prefix="mkopper-bench-") as tmp_name:
+        try:
+            load_patient(fhir, args.patient)
+            load_patient(fhir, LARGE)
+            for kind, count in configs:
+                args.worker_class, args.workers = kind, count
+                tmp = Path(tmp_name) / f"{kind}-{count}"
+                tmp.mkdir()
+                results.append(bench_once(args, fhir, tmp))
+                print(table([Figure(**f) for f in results[-1]["figures"]]), flush=True)
+                print(
+                    f"worker RSS {results[-1]['worker_rss_mb']} MB "
+                    f"(PSS {results[-1]['worker_pss_mb']} MB), ready "
+                    f"{results[-1]['ready_s']} s, SIGTERM exit "
+                    f"{results[-1]['sigterm_exit_s']} s\n",
+                    flush=True,
+                )
+        finally:
+            fhir.stop()
+    report = {"machine": machine(), "runs": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"machine: {report['machine']}\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
