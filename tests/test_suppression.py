@@ -1,0 +1,367 @@
+"""Feedback suppression: keyed hashes, expiry, rotation, and two instances over one database."""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cds_hooks.knowledge import load_knowledge
+from cds_hooks.models import Card, Coding, HookRequest, Source
+from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
+from plugin.suppression import (
+    KEY_FILE,
+    PatientHasher,
+    Policy,
+    Suppressions,
+    hasher_from_settings,
+    policy_from_knowledge,
+)
+
+SERVICE = "sup-view"
+SECRET = "a" * 32
+OTHER_SECRET = "b" * 32
+
+
+def _evaluate(request: HookRequest, data: PrefetchData) -> Evaluation:
+    """Stands in for the guideline: the findings and the status come from the test's context."""
+    findings: Sequence[str] = request.context.get("testFindings") or []
+    return Evaluation(
+        issued=[
+            IssuedCard(
+                card=Card(
+                    summary=f"card {finding}",
+                    indicator="warning",
+                    source=Source(label="test", topic=Coding(code=finding, system="urn:test")),
+                ),
+                finding=finding,
+            )
+            for finding in findings
+        ],
+        status=request.context.get("testStatus"),
+    )
+
+
+def suppression_registry() -> ServiceRegistry:
+    return ServiceRegistry(
+        [
+            CdsService(
+                id=SERVICE,
+                hook="patient-view",
+                title="Suppression test",
+                description="Cards named in the request context.",
+                prefetch={},
+                evaluate=_evaluate,
+            )
+        ]
+    )
+
+
+def content_policy(**changes: Any) -> Policy:
+    """The override reasons and hours of the shipped content, with test flags for kinds."""
+    policy = policy_from_knowledge(load_knowledge())
+    return Policy(
+        reason_hours=policy.reason_hours,
+        per_encounter=frozenset(changes.get("per_encounter", ())),
+        status_bound=frozenset(changes["status_bound"]) if "status_bound" in changes else None,
+        reason_labels=policy.reason_labels,
+    )
+
+
+class Clock:
+    def __init__(self, start: datetime):
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+START = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+def make_suppression_app(make_app: Any, clock: Clock, **overrides: Any) -> Flask:
+    flags = {
+        key: overrides.pop(key) for key in ("per_encounter", "status_bound") if key in overrides
+    }
+    config: dict[str, Any] = {
+        "CDS_REGISTRY": suppression_registry(),
+        "CDS_SUPPRESSION_POLICY": content_policy(**flags),
+    }
+    config.update(overrides)
+    app: Flask = make_app(**config)
+    app.extensions["cds_suppression"].clock = clock
+    return app
+
+
+def call(
+    client: FlaskClient,
+    findings: Sequence[str],
+    *,
+    patient: str = "pat-1",
+    encounter: str | None = None,
+    status: str | None = "suspected",
+) -> dict[str, str]:
+    """Call the service; the cards answered, as {topic code: card uuid}."""
+    context: dict[str, Any] = {
+        "userId": "Practitioner/1",
+        "patientId": patient,
+        "testFindings": list(findings),
+        "testStatus": status,
+    }
+    if encounter:
+        context["encounterId"] = encounter
+    body = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()), "context": context}
+    response = client.post(f"/cds-services/{SERVICE}", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return {card["source"]["topic"]["code"]: card["uuid"] for card in response.get_json()["cards"]}
+
+
+def override(client: FlaskClient, card_uuid: str, reason: str, outcome: str = "overridden") -> None:
+    item: dict[str, Any] = {
+        "card": card_uuid,
+        "outcome": outcome,
+        "outcomeTimestamp": "2026-11-25T10:15:00Z",
+    }
+    if outcome == "overridden":
+        item["overrideReason"] = {
+            "reason": {"code": reason, "system": "urn:test", "display": reason},
+            "userComment": "pat-1 called",
+        }
+    response = client.post(f"/cds-services/{SERVICE}/feedback", json={"feedback": [item]})
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def dump_database(app: Flask) -> str:
+    """Every value in every table, as text (to look for what must never be stored)."""
+    engine = app.extensions["cds_store"].engine
+    text = []
+    with engine.connect() as conn:
+        for table in sa.inspect(engine).get_table_names():
+            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
+                text.append(" ".join(str(value) for value in row))
+    return "\n".join(text)
+
+
+# --- Behaviour through HTTP -------------------------------------------------------------------
+
+
+def test_override_suppresses_only_that_kind_for_that_patient(make_app: Any) -> None:
+    clock = Clock(START)
+    client = make_suppression_app(make_app, clock).test_client()
+    cards = call(client, ["notify-municipal-doctor", "isolation-inpatient"])
+    override(client, cards["notify-municipal-doctor"], "postpone-24h")
+
+    clock.now += timedelta(hours=1)
+    assert set(call(client, ["notify-municipal-doctor", "isolation-inpatient"])) == {
+        "isolation-inpatient"
+    }
+    assert set(call(client, ["notify-municipal-doctor"], patient="pat-2")) == {
+        "notify-municipal-doctor"
+    }
+
+
+def test_reason_without_hours_and_accepted_cards_do_not_suppress(make_app: Any) -> None:
+    clock = Clock(START)
+    client = make_suppression_app(make_app, clock).test_client()
+    cards = call(client, ["notify-municipal-doctor", "respirator"])
+    override(client, cards["notify-municipal-doctor"], "not-relevant-for-contact")
+    override(client, cards["respirator"], "", outcome="accepted")
+    assert set(call(client, ["notify-municipal-doctor", "respirator"])) == {
+        "notify-municipal-doctor",
+        "respirator",
+    }
+
+
+def test_unknown_reason_code_and_unknown_card_do_not_suppress(make_app: Any) -> None:
+    clock = Clock(START)
+    app = make_suppression_app(make_app, clock)
+    client = app.test_client()
+    cards = call(client, ["respirator"])
+    override(client, cards["respirator"], "made-up-reason")
+    override(client, "no-such-card", "already-notified")
+    assert set(call(client, ["respirator"])) == {"respirator"}
+    assert app.extensions["cds_suppression"].active_count() == 0
+
+
+def test_override_through_one_instance_suppresses_in_the_other(make_app: Any) -> None:
+    clock = Clock(START)
+    first = make_suppression_app(make_app, clock).test_client()
+    second = make_suppression_app(make_app, clock).test_client()
+    cards = call(first, ["notify-municipal-doctor"])
+    override(second, cards["notify-municipal-doctor"], "already-notified")
+    assert call(first, ["notify-municipal-doctor"]) == {}
+    assert call(second, ["notify-municipal-doctor"]) == {}
+
+
+@pytest.mark.postgres
+def test_two_instances_over_postgresql(make_app: Any) -> None:
+    url = os.environ.get("CDS_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must provide CDS_TEST_POSTGRES_URL")
+        pytest.skip("CDS_TEST_POSTGRES_URL is not set")
+    clock = Clock(START)
+    patient = f"pat-{uuid.uuid4()}"  # the database outlives the test: a patient of its own
+    settings = {"CDS_DATABASE_URL": url, "CDS_PATIENT_HASH_SECRET": SECRET}
+    first = make_suppression_app(make_app, clock, **settings).test_client()
+    second = make_suppression_app(make_app, clock, **settings).test_client()
+    cards = call(first, ["notify-municipal-doctor"], patient=patient)
+    override(second, cards["notify-municipal-doctor"], "postpone-24h")
+    assert call(first, ["notify-municipal-doctor"], patient=patient) == {}
+    clock.now += timedelta(hours=25)
+    assert set(call(second, ["notify-municipal-doctor"], patient=patient)) == {
+        "notify-municipal-doctor"
+    }
+
+
+def test_no_patient_or_encounter_id_is_stored(make_app: Any) -> None:
+    clock = Clock(START)
+    app = make_suppression_app(make_app, clock, per_encounter=("isolation-inpatient",))
+    client = app.test_client()
+    cards = call(client, ["isolation-inpatient"], patient="pasient-4711", encounter="kontakt-0815")
+    override(client, cards["isolation-inpatient"], "measures-in-place")
+    assert app.extensions["cds_suppression"].active_count() == 1
+    stored = dump_database(app)
+    assert "pasient-4711" not in stored
+    assert "kontakt-0815" not in stored
+
+
+def test_expired_suppressions_are_deleted_on_write(make_app: Any) -> None:
+    clock = Clock(START)
+    app = make_suppression_app(make_app, clock)
+    client = app.test_client()
+    cards = call(client, ["notify-municipal-doctor", "respirator"])
+    override(client, cards["notify-municipal-doctor"], "postpone-24h")
+    engine = app.extensions["cds_store"].engine
+
+    def rows() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM suppressions")).scalar_one())
+
+    assert rows() == 1
+    clock.now += timedelta(hours=25)
+    later = call(client, ["respirator"])
+    override(client, later["respirator"], "not-relevant-for-contact")
+    assert rows() == 0
+
+
+def test_card_subjects_are_deleted_after_retention(make_app: Any) -> None:
+    clock = Clock(START)
+    app = make_suppression_app(make_app, clock)
+    client = app.test_client()
+    cards = call(client, ["respirator"])
+    clock.now += timedelta(days=8)
+    call(client, [])
+    app.extensions["cds_suppression"].purge()
+    # Feedback after retention finds no subject any more, so it suppresses nothing.
+    override(client, cards["respirator"], "measures-in-place")
+    assert app.extensions["cds_suppression"].active_count() == 0
+
+
+def test_latest_override_decides_the_time(make_app: Any) -> None:
+    clock = Clock(START)
+    client = make_suppression_app(make_app, clock).test_client()
+    first = call(client, ["notify-municipal-doctor"])
+    override(client, first["notify-municipal-doctor"], "already-notified")
+    # A second card of the same kind (from another hook) overridden with a shorter time.
+    second = make_suppression_app(make_app, clock).test_client()
+    clock.now += timedelta(hours=1)
+    override(second, first["notify-municipal-doctor"], "postpone-24h")
+    clock.now += timedelta(hours=24)
+    assert set(call(client, ["notify-municipal-doctor"])) == {"notify-municipal-doctor"}
+
+
+# --- The keyed hash -----------------------------------------------------------------------------
+
+
+def test_generated_key_is_private_and_kept(tmp_path: Path) -> None:
+    settings = {"CDS_DATA_DIR": str(tmp_path), "CDS_PATIENT_HASH_SECRET": ""}
+    first = hasher_from_settings(settings)
+    key_file = tmp_path / KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    again = hasher_from_settings(settings)
+    assert first.hash("patient", "p1") == again.hash("patient", "p1")
+    assert [p.name for p in tmp_path.iterdir()] == [KEY_FILE]
+
+
+def test_hash_depends_on_key_and_domain() -> None:
+    one = PatientHasher([SECRET.encode()])
+    other = PatientHasher([OTHER_SECRET.encode()])
+    assert one.hash("patient", "p1") != other.hash("patient", "p1")
+    assert one.hash("patient", "p1") != one.hash("encounter", "p1")
+    assert len(one.hash("patient", "p1")) == 64
+    assert "p1" not in one.hash("patient", "p1")
+
+
+def test_short_secret_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="CDS_PATIENT_HASH_SECRET") as info:
+        hasher_from_settings({"CDS_DATA_DIR": str(tmp_path), "CDS_PATIENT_HASH_SECRET": "short1"})
+    assert "short1" not in str(info.value)
+
+
+def test_rotation_keeps_suppressions_made_under_the_old_secret(make_app: Any) -> None:
+    clock = Clock(START)
+    old = make_suppression_app(make_app, clock, CDS_PATIENT_HASH_SECRET=SECRET).test_client()
+    cards = call(old, ["notify-municipal-doctor"])
+    override(old, cards["notify-municipal-doctor"], "already-notified")
+
+    rotated = make_suppression_app(
+        make_app, clock, CDS_PATIENT_HASH_SECRET=f"{OTHER_SECRET},{SECRET}"
+    ).test_client()
+    assert call(rotated, ["notify-municipal-doctor"]) == {}
+    # Without the old secret the old records are no longer recognised: the card shows again.
+    replaced = make_suppression_app(
+        make_app, clock, CDS_PATIENT_HASH_SECRET=OTHER_SECRET
+    ).test_client()
+    assert set(call(replaced, ["notify-municipal-doctor"])) == {"notify-municipal-doctor"}
+
+
+def test_new_records_use_the_first_secret(tmp_path: Path) -> None:
+    hasher = hasher_from_settings(
+        {"CDS_DATA_DIR": str(tmp_path), "CDS_PATIENT_HASH_SECRET": f"{OTHER_SECRET},{SECRET}"}
+    )
+    assert hasher.hash("patient", "p1") == PatientHasher([OTHER_SECRET.encode()]).hash(
+        "patient", "p1"
+    )
+    assert hasher.candidates("patient", "p1")[1] == PatientHasher([SECRET.encode()]).hash(
+        "patient", "p1"
+    )
+
+
+# --- The policy from content ----------------------------------------------------------------
+
+
+def test_policy_reads_hours_from_content() -> None:
+    knowledge = load_knowledge()
+    policy = policy_from_knowledge(knowledge)
+    for code, reason in knowledge.content.override_reasons.items():
+        assert policy.hours_for(code) == reason.suppress_hours
+        assert policy.reason_labels is not None
+        assert policy.reason_labels[code] == reason.display.nb
+    assert policy.hours_for("no-such-reason") == 0
+    assert policy.hours_for(None) == 0
+
+
+def test_policy_is_loaded_lazily_once(tmp_path: Path) -> None:
+    loads: list[int] = []
+
+    def load() -> Policy:
+        loads.append(1)
+        return Policy(reason_hours={"x": 1})
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    suppressions = Suppressions(engine, PatientHasher([SECRET.encode()]), load)
+    assert loads == []
+    assert suppressions.policy.hours_for("x") == 1
+    assert suppressions.policy.hours_for("x") == 1
+    assert loads == [1]
+    engine.dispose()
