@@ -169,7 +169,7 @@ class _Evaluator:
             language=self.language,
             max_cards=self.max_cards,
         )
-        return Evaluation(issued)
+        return Evaluation(issued, status=facts.status.label)
 
 
 def _check_coverage(knowledge: Knowledge, service_ids: Collection[str]) -> None:

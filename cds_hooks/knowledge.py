@@ -155,6 +155,10 @@ class FindingContent(_Strict):
     summary: SummaryText
     detail: Text
     merge_into: Key | None = None
+    # Feedback suppression (plugin): an override holds for this encounter only, not the patient.
+    suppress_per_encounter: bool = False
+    # Feedback suppression: the card comes back when the m-kopper status changes (None: default).
+    resurface_on_status_change: bool | None = None
 
 
 class NotificationRecord(_Strict):
