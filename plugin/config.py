@@ -108,6 +108,41 @@ SETTINGS: tuple[Setting, ...] = (
         "Secret for the keyed hash (HMAC-SHA256) of "
         "patient ids in suppression records. Empty: a key kept in CDS_DATA_DIR.",
     ),
+    Setting(
+        "CDS_SMART_CLIENT_ID",
+        "mkopper-cds",
+        "OAuth client id of the SMART on FHIR page, as registered in the EHR (public client, PKCE).",
+    ),
+    Setting(
+        "CDS_SMART_SCOPES",
+        "",
+        "Scopes the SMART page asks for (space- or comma-separated). Empty: `launch` and "
+        "`patient/<Type>.read` for each resource type the patient-view and encounter-start "
+        "services read.",
+    ),
+    Setting(
+        "CDS_SMART_REDIRECT_URL",
+        "",
+        "Redirect URL registered for the SMART page. Empty: CDS_PUBLIC_URL (or the URL the "
+        "request arrived on) + `/smart/callback`.",
+    ),
+    Setting(
+        "CDS_SMART_SESSION_MINUTES",
+        "60",
+        "Longest life of a SMART page session (never beyond the access token's `expires_in`).",
+    ),
+    Setting(
+        "CDS_SMART_FRAME_ANCESTORS",
+        "",
+        "Origins allowed to show the SMART page in a frame (CSP `frame-ancestors`), e.g. the "
+        "EHR's origin. Empty: no framing.",
+    ),
+    Setting(
+        "CDS_SMART_COOKIE_SAMESITE",
+        "Lax",
+        "SameSite of the SMART page's cookies. `Lax` for a top-level window or same-site "
+        "frame; `None` when the EHR frames the page from another site.",
+    ),
 )
 
 DEFAULTS: dict[str, str] = {s.name: s.default for s in SETTINGS}

@@ -1,0 +1,551 @@
+"""SMART on FHIR page: the guideline's advice inside EHRs without CDS Hooks (DIPS Arena).
+
+EHR launch (SMART App Launch 2.x): the EHR opens ``/smart/launch?iss=&launch=``;
+``iss`` must be an allowed FHIR server (the CDS service's allowlist). The app
+reads ``{iss}/.well-known/smart-configuration`` and sends the browser to the
+authorisation endpoint with PKCE (S256), a random ``state`` and ``aud=iss``.
+``/smart/callback`` takes the pending launch by ``state`` (once), checks that
+the browser is the one that started it, exchanges the code and keeps the
+token response in a server-side session. ``/smart/`` runs the registry's
+patient-view services (and encounter-start ones when the launch has an
+encounter) exactly as a CDS call would, with data fetched from ``iss`` through
+the same prefetch resolution, and renders their cards.
+
+The browser holds two opaque cookies at most (the launch binding, then the
+session id); the access token never leaves the server. OAuth is Authlib's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from authlib.integrations.base_client.errors import OAuthError
+from authlib.integrations.requests_client import OAuth2Session
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException
+
+from cds_hooks.errors import CdsError, DataUnavailable, FhirAuthError, FhirError, FhirNotAllowed
+from cds_hooks.fhir import Allowlist
+from cds_hooks.knowledge import Content, default_content_path, load_content
+from cds_hooks.models import FhirAuthorization, HookRequest
+from cds_hooks.services import IssuedCard
+from plugin import smart_render, views
+from plugin.config import as_int, as_list
+from plugin.smart_sessions import ACTIVE, PENDING, SessionStore, new_secret
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("smart", __name__, url_prefix="/smart")
+
+# Hooks the page answers, in the order their cards are merged.
+PATIENT_HOOK = "patient-view"
+ENCOUNTER_HOOK = "encounter-start"
+LAUNCH_TTL_SECONDS = 600
+HTTP_TIMEOUT_SECONDS = 5.0
+MAX_PARAM_CHARS = 2048
+# FHIR ids: [A-Za-z0-9\-\.]{1,64}. Anything else in a token response is refused.
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+class SmartProblem(Exception):
+    """A launch or page problem with its own error page (``kind`` names the texts)."""
+
+    def __init__(self, kind: str, status: int, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+        self.status = status
+        self.reason = reason  # for the log line: never a token, a code or a patient id
+
+
+# --- Settings ----------------------------------------------------------------
+
+
+def get_sessions() -> SessionStore:
+    store: SessionStore = current_app.extensions["smart_sessions"]
+    return store
+
+
+def client_id() -> str:
+    return str(current_app.config["CDS_SMART_CLIENT_ID"])
+
+
+def redirect_uri() -> str:
+    configured = str(current_app.config["CDS_SMART_REDIRECT_URL"] or "")
+    if configured:
+        return configured
+    public = str(current_app.config.get("CDS_PUBLIC_URL") or "").rstrip("/")
+    if public:
+        return public + url_for("smart.callback")
+    return url_for("smart.callback", _external=True)
+
+
+def page_hooks() -> tuple[str, ...]:
+    return (PATIENT_HOOK, ENCOUNTER_HOOK)
+
+
+def requested_scopes() -> str:
+    """CDS_SMART_SCOPES, or ``launch`` plus read access to what the services' prefetch reads."""
+    configured = " ".join(as_list(str(current_app.config["CDS_SMART_SCOPES"]).replace(" ", ",")))
+    if configured:
+        return configured
+    types: set[str] = set()
+    for service in views.get_registry():
+        if service.hook in page_hooks():
+            for template in service.prefetch.values():
+                resource_type = re.split(r"[/?]", template, maxsplit=1)[0]
+                if re.fullmatch(r"[A-Z][A-Za-z]+", resource_type):
+                    types.add(resource_type)
+    return " ".join(["launch", *(f"patient/{name}.read" for name in sorted(types))])
+
+
+def session_seconds() -> int:
+    return 60 * as_int("CDS_SMART_SESSION_MINUTES", current_app.config["CDS_SMART_SESSION_MINUTES"])
+
+
+def fhir_base(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+def allowed_fhir_server(iss: str) -> bool:
+    """The CDS service's own allowlist (CDS_ALLOWED_FHIR_SERVERS), compared the same way."""
+    return Allowlist.from_setting(str(current_app.config["CDS_ALLOWED_FHIR_SERVERS"])).allows(iss)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _acceptable_endpoint(url: object) -> bool:
+    """https, or http on loopback (the test authorisation server)."""
+    if not isinstance(url, str) or len(url) > MAX_PARAM_CHARS:
+        return False
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    return parts.scheme == "http" and _is_loopback(parts.hostname)
+
+
+# --- Cookies -----------------------------------------------------------------
+
+
+def _secure_cookies() -> bool:
+    # Secure everywhere except plain http on a loopback address (tests, `make run`), where a
+    # browser would drop a Secure cookie. Behind a TLS proxy the host is public, so Secure holds.
+    return not (request.scheme == "http" and _is_loopback(request.host.rsplit(":", 1)[0]))
+
+
+def cookie_name(base: str) -> str:
+    # The __Host- prefix makes the browser refuse the cookie unless it is Secure, host-only
+    # and Path=/, so a sibling subdomain cannot plant or overwrite it.
+    return f"__Host-{base}" if _secure_cookies() else base
+
+
+def _set_cookie(response: Response, base: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        cookie_name(base),
+        value,
+        max_age=max_age,
+        path="/",
+        secure=_secure_cookies(),
+        httponly=True,
+        samesite=str(current_app.config["CDS_SMART_COOKIE_SAMESITE"]),
+    )
+
+
+def _clear_cookie(response: Response, base: str) -> None:
+    response.delete_cookie(
+        cookie_name(base),
+        path="/",
+        secure=_secure_cookies(),
+        httponly=True,
+        samesite=str(current_app.config["CDS_SMART_COOKIE_SAMESITE"]),
+    )
+
+
+LAUNCH_COOKIE = "mkopper-smart-launch"
+SESSION_COOKIE = "mkopper-smart"
+
+
+# --- Launch ------------------------------------------------------------------
+
+
+def _param(name: str, *, required: bool = True) -> str:
+    value = request.args.get(name, "")
+    if len(value) > MAX_PARAM_CHARS or (required and not value.strip()):
+        raise SmartProblem("launch-invalid", 400, f"parameter {name} missing or too long")
+    return value
+
+
+def smart_configuration(iss: str) -> dict[str, Any]:
+    """``{iss}/.well-known/smart-configuration``, checked for what the launch needs."""
+    url = fhir_base(iss) + "/.well-known/smart-configuration"
+    try:
+        response = requests.get(
+            url,
+            headers={"Accept": "application/json"},
+            timeout=HTTP_TIMEOUT_SECONDS,
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        raise SmartProblem(
+            "fhir-unavailable", 502, f"smart-configuration: {type(exc).__name__}"
+        ) from None
+    if response.status_code != 200:
+        raise SmartProblem("fhir-unavailable", 502, f"smart-configuration: {response.status_code}")
+    try:
+        config = response.json()
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise SmartProblem("fhir-unavailable", 502, "smart-configuration: not a JSON object")
+    for key in ("authorization_endpoint", "token_endpoint"):
+        if not _acceptable_endpoint(config.get(key)):
+            raise SmartProblem("authorization-failed", 502, f"smart-configuration: bad {key}")
+    methods = config.get("code_challenge_methods_supported")
+    if isinstance(methods, list) and "S256" not in methods:
+        raise SmartProblem("authorization-failed", 502, "smart-configuration: no S256")
+    return config
+
+
+@bp.get("/launch")
+def launch() -> Response:
+    """EHR launch: check ``iss``, then send the browser to the EHR's authorisation endpoint."""
+    g.call_log = {"service": "smart", "hook": "launch"}
+    iss = fhir_base(_param("iss"))
+    launch_id = _param("launch")
+    if not allowed_fhir_server(iss):
+        raise SmartProblem("fhir-not-allowed", 403, "iss not on CDS_ALLOWED_FHIR_SERVERS")
+    config = smart_configuration(iss)
+    # A launch value opens one session: a replayed launch URL is refused even within its
+    # lifetime. The JWT replay cache (in the database) serves all workers.
+    store = views.get_store()
+    expires = datetime.now(UTC) + timedelta(seconds=LAUNCH_TTL_SECONDS)
+    if not store.remember_jti(f"smart-launch\n{iss}\n{launch_id}", expires):
+        raise SmartProblem("launch-invalid", 400, "launch value already used")
+
+    state = new_secret()
+    binding = new_secret()
+    verifier = new_secret() + new_secret()  # 86 characters: within RFC 7636's 43..128
+    callback = redirect_uri()
+    get_sessions().put(
+        state,
+        PENDING,
+        {
+            "iss": iss,
+            "token_endpoint": config["token_endpoint"],
+            "verifier": verifier,
+            "binding": binding,
+            "redirect_uri": callback,
+        },
+        LAUNCH_TTL_SECONDS,
+    )
+    oauth = OAuth2Session(
+        client_id(),
+        scope=requested_scopes(),
+        redirect_uri=callback,
+        code_challenge_method="S256",
+    )
+    url, _ = oauth.create_authorization_url(
+        config["authorization_endpoint"],
+        state=state,
+        code_verifier=verifier,
+        launch=launch_id,
+        aud=iss,
+    )
+    response = redirect(url, code=302)
+    _set_cookie(response, LAUNCH_COOKIE, binding, LAUNCH_TTL_SECONDS)
+    return response
+
+
+# --- Callback ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchContext:
+    patient: str
+    encounter: str | None
+    scope: str
+    expires_in: int
+
+
+def launch_context(token: Mapping[str, Any]) -> LaunchContext:
+    """What the page needs from the token response; refuses ids that are not FHIR ids."""
+    if not isinstance(token.get("access_token"), str) or not token["access_token"]:
+        raise SmartProblem("authorization-failed", 502, "token response without access_token")
+    patient = token.get("patient")
+    if not isinstance(patient, str) or not FHIR_ID.match(patient):
+        raise SmartProblem("no-patient", 400, "token response without a valid patient")
+    encounter = token.get("encounter")
+    if encounter is not None and (not isinstance(encounter, str) or not FHIR_ID.match(encounter)):
+        encounter = None
+    expires_in = token.get("expires_in")
+    lifetime = expires_in if isinstance(expires_in, int) and expires_in > 0 else session_seconds()
+    scope = token.get("scope")
+    return LaunchContext(
+        patient=patient,
+        encounter=encounter,
+        scope=scope if isinstance(scope, str) and scope else requested_scopes(),
+        expires_in=min(lifetime, session_seconds()),
+    )
+
+
+@bp.get("/callback")
+def callback() -> Response:
+    """The redirect URL: take the pending launch (once), exchange the code, open a session."""
+    g.call_log = {"service": "smart", "hook": "callback"}
+    state = _param("state")
+    pending = get_sessions().take(state, PENDING)
+    if pending is None:
+        raise SmartProblem("launch-invalid", 400, "state unknown, expired or already used")
+    # The state alone could have been replayed into another browser (login CSRF): the launch
+    # must finish in the browser that began it, which holds the binding cookie.
+    if request.cookies.get(cookie_name(LAUNCH_COOKIE)) != pending["binding"]:
+        raise SmartProblem("launch-invalid", 400, "launch binding cookie missing or wrong")
+    error = request.args.get("error")
+    if error:
+        if error == "access_denied":
+            raise SmartProblem("consent-denied", 403, "authorisation denied")
+        raise SmartProblem("authorization-failed", 502, f"authorisation error {error[:40]!r}")
+    code = _param("code")
+    oauth = OAuth2Session(
+        client_id(),
+        redirect_uri=pending["redirect_uri"],
+        code_challenge_method="S256",
+        token_endpoint_auth_method="none",  # noqa: S106 - a public client, not a secret
+    )
+    try:
+        token = oauth.fetch_token(
+            pending["token_endpoint"],
+            code=code,
+            code_verifier=pending["verifier"],
+            timeout=HTTP_TIMEOUT_SECONDS,
+        )
+    except OAuthError as exc:
+        raise SmartProblem(
+            "authorization-failed", 502, f"token endpoint: {str(exc.error)[:40]}"
+        ) from None
+    except (requests.RequestException, ValueError) as exc:
+        reason = f"token endpoint: {type(exc).__name__}"
+        raise SmartProblem("authorization-failed", 502, reason) from None
+    context = launch_context(token)
+    session_id = new_secret()
+    get_sessions().put(
+        session_id,
+        ACTIVE,
+        {
+            "iss": pending["iss"],
+            "access_token": token["access_token"],
+            "scope": context.scope,
+            "patient": context.patient,
+            "encounter": context.encounter,
+            "expires_in": context.expires_in,
+        },
+        context.expires_in,
+    )
+    response = redirect(url_for("smart.page"), code=303)
+    _clear_cookie(response, LAUNCH_COOKIE)
+    _set_cookie(response, SESSION_COOKIE, session_id, context.expires_in)
+    return response
+
+
+# --- The page ----------------------------------------------------------------
+
+
+def hook_requests(session: Mapping[str, Any]) -> list[HookRequest]:
+    """The CDS Hooks requests an EHR with CDS Hooks would send for this chart."""
+    authorization = FhirAuthorization(
+        access_token=session["access_token"],
+        token_type="Bearer",  # noqa: S106 - the token type, not a secret
+        expires_in=int(session["expires_in"]),
+        scope=session["scope"],
+        subject=client_id(),
+        patient=session["patient"],
+    )
+    contexts: list[tuple[str, dict[str, Any]]] = [(PATIENT_HOOK, {"patientId": session["patient"]})]
+    if session.get("encounter"):
+        contexts.append(
+            (ENCOUNTER_HOOK, {"patientId": session["patient"], "encounterId": session["encounter"]})
+        )
+    return [
+        HookRequest(
+            hook=hook,
+            hookInstance=str(uuid.uuid4()),
+            fhirServer=session["iss"],
+            fhirAuthorization=authorization,
+            context=context,
+        )
+        for hook, context in contexts
+    ]
+
+
+def evaluate(session: Mapping[str, Any]) -> list[IssuedCard]:
+    """Run every service for the launch's hooks; one card per finding, most urgent first."""
+    issued: list[IssuedCard] = []
+    seen: set[str] = set()
+    registry = views.get_registry()
+    for hook_request in hook_requests(session):
+        for service in registry:
+            if service.hook != hook_request.hook:
+                continue
+            service.check_request(hook_request)
+            with views.phase("prefetch"):
+                data = views.resolve_data(service, hook_request)
+            with views.phase("rules"):
+                evaluation = service.evaluate(hook_request, data)
+            for item in evaluation.issued:
+                if item.finding not in seen:
+                    seen.add(item.finding)
+                    issued.append(item)
+    order = {
+        id(card): n
+        for n, card in enumerate(smart_render.most_urgent_first(item.card for item in issued))
+    }
+    return sorted(issued, key=lambda item: order[id(item.card)])
+
+
+@dataclass(frozen=True, slots=True)
+class GuidelineView:
+    line: str
+    links: tuple[smart_render.LinkView, ...]
+
+
+@lru_cache(maxsize=4)
+def _content(path: str) -> Content:
+    return load_content(Path(path))
+
+
+def guideline_view(language: str, texts: Mapping[str, str]) -> GuidelineView:
+    path = str(current_app.config.get("CDS_CONTENT_FILE") or default_content_path())
+    guideline = _content(path).guideline
+    lang = "en" if language == "en" else "nb"
+    return GuidelineView(
+        line=texts["guideline"].format(
+            title=guideline.title.get(lang), owner=guideline.owner, version=guideline.version
+        ),
+        links=tuple(
+            smart_render.LinkView(label=link.label.get(lang), url=link.url)
+            for link in _content(path).links.values()
+        ),
+    )
+
+
+def language() -> str:
+    return "en" if str(current_app.config["CDS_LANGUAGE"]) == "en" else "nb"
+
+
+@bp.get("/")
+def page() -> Response:
+    g.call_log = {"service": "smart", "hook": "page"}
+    session_id = request.cookies.get(cookie_name(SESSION_COOKIE), "")
+    session = get_sessions().get(session_id, ACTIVE)
+    if session is None:
+        raise SmartProblem("session-expired", 401, "no session")
+    try:
+        issued = evaluate(session)
+    except FhirAuthError:
+        # The EHR no longer accepts the token (expired or revoked): the session is over.
+        get_sessions().drop(session_id)
+        raise SmartProblem("session-expired", 401, "FHIR server refused the token") from None
+    g.call_log["cards"] = len(issued)
+    texts = smart_render.page_texts(language())
+    html = render_template(
+        "smart/page.html",
+        t=texts,
+        cards=[smart_render.card_view(item.card) for item in issued],
+        guideline=guideline_view(language(), texts),
+    )
+    return Response(html, status=200, mimetype="text/html")
+
+
+# --- Errors and headers ------------------------------------------------------
+
+
+def _problem_of(error: Exception) -> SmartProblem:
+    if isinstance(error, SmartProblem):
+        return error
+    if isinstance(error, FhirNotAllowed):
+        return SmartProblem("fhir-not-allowed", 403, error.code)
+    if isinstance(error, FhirError | DataUnavailable):
+        return SmartProblem("fhir-unavailable", 502, error.code)
+    if isinstance(error, CdsError) and error.status < 500:
+        return SmartProblem("launch-invalid", error.status, error.code)
+    if isinstance(error, HTTPException):
+        status = error.code or 500
+        return SmartProblem("launch-invalid" if status < 500 else "internal", status, error.name)
+    return SmartProblem("internal", 500, type(error).__name__)
+
+
+def error_page(error: Exception) -> Response:
+    problem = _problem_of(error)
+    if problem.status >= 500 and problem.kind == "internal":
+        log.error("smart page failed: %s", problem.reason, exc_info=not isinstance(error, CdsError))
+    else:
+        log.info("smart %s: %s", problem.kind, problem.reason)
+    texts = smart_render.page_texts(language())
+    key = problem.kind.replace("-", "_")
+    html = render_template(
+        "smart/error.html",
+        t=texts,
+        kind=problem.kind,
+        title=texts[f"error_{key}_title"],
+        text=texts[f"error_{key}_text"],
+        retry=problem.kind == "fhir-unavailable",
+        reopen=problem.kind not in ("fhir-not-allowed",),
+    )
+    response = Response(html, status=problem.status, mimetype="text/html")
+    if problem.kind in ("session-expired", "launch-invalid", "consent-denied"):
+        _clear_cookie(response, SESSION_COOKIE)
+    return response
+
+
+def security_headers(response: Response) -> Response:
+    """A strict CSP: no script at all, styles from this origin only, nothing else loaded."""
+    ancestors = " ".join(as_list(current_app.config["CDS_SMART_FRAME_ANCESTORS"])) or "'none'"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
+        f"form-action 'none'; frame-ancestors {ancestors}"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    if ancestors == "'none'":
+        response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+bp.register_error_handler(Exception, error_page)
+bp.after_request(security_headers)
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["smart_sessions"] = SessionStore(app.extensions["cds_store"].engine)
+    app.register_blueprint(bp)

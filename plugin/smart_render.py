@@ -1,0 +1,132 @@
+"""Cards as the SMART page shows them: urgency first, PPE lists as checklists.
+
+Card detail is CDS Hooks markdown from the guideline content. Only the subset
+the content uses is rendered (paragraphs, ``-`` lists, ``**bold**``,
+``*emphasis*`` and ``[label](https://...)`` links); everything else stays
+plain text, and every piece of text is HTML-escaped before markup is added,
+so content can never inject HTML into the page.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from markupsafe import Markup, escape
+
+from cds_hooks.models import Card
+
+TEXT_FILE = Path(__file__).with_name("smart_text.toml")
+LANGUAGES = ("nb", "en")
+INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+_LIST_ITEM = re.compile(r"^\s*[-*]\s+(.*)$")
+_LINK = re.compile(r"\[([^\]\n]+)\]\((https://[^\s)]+)\)")
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_EMPHASIS = re.compile(r"(?<![*\w])\*(?!\s)(.+?)(?<!\s)\*(?![*\w])")
+
+
+@lru_cache(maxsize=1)
+def _all_texts() -> dict[str, dict[str, str]]:
+    with TEXT_FILE.open("rb") as handle:
+        data = tomllib.load(handle)
+    return {lang: {str(k): str(v) for k, v in data[lang].items()} for lang in LANGUAGES}
+
+
+def page_texts(language: str) -> Mapping[str, str]:
+    """The page chrome in ``language`` (Norwegian bokmål unless English is asked for)."""
+    return _all_texts()["en" if language == "en" else "nb"]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A paragraph (``items`` empty) or a checklist (``text`` empty)."""
+
+    text: Markup | None = None
+    items: tuple[Markup, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LinkView:
+    label: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardView:
+    indicator: str
+    summary: str
+    blocks: tuple[Block, ...]
+    links: tuple[LinkView, ...]
+    source: str
+
+
+def inline(text: str) -> Markup:
+    """Escape ``text``, then turn the inline markdown the content uses into markup."""
+    html = str(escape(text))
+    html = _LINK.sub(
+        lambda m: (
+            f'<a href="{m.group(2)}" rel="noopener noreferrer" target="_blank">{m.group(1)}</a>'
+        ),
+        html,
+    )
+    html = _BOLD.sub(r"<strong>\1</strong>", html)
+    html = _EMPHASIS.sub(r"<em>\1</em>", html)
+    return Markup(html)  # noqa: S704 - built from escaped text only
+
+
+def blocks(markdown: str | None) -> tuple[Block, ...]:
+    """Split card detail into paragraphs and checklists (every list is one)."""
+    out: list[Block] = []
+    paragraph: list[str] = []
+    items: list[str] = []
+
+    def flush() -> None:
+        if paragraph:
+            out.append(Block(text=inline(" ".join(paragraph))))
+            paragraph.clear()
+        if items:
+            out.append(Block(items=tuple(inline(item) for item in items)))
+            items.clear()
+
+    for raw in (markdown or "").splitlines():
+        line = raw.strip()
+        if not line:
+            flush()
+            continue
+        item = _LIST_ITEM.match(line)
+        if item:
+            if paragraph:
+                flush()
+            items.append(item.group(1))
+        elif items and raw[:1].isspace():
+            items[-1] += " " + line  # a wrapped list item
+        else:
+            if items:
+                flush()
+            paragraph.append(line)
+    flush()
+    return tuple(out)
+
+
+def card_view(card: Card) -> CardView:
+    return CardView(
+        indicator=card.indicator,
+        summary=card.summary,
+        blocks=blocks(card.detail),
+        links=tuple(
+            LinkView(label=link.label, url=str(link.url))
+            for link in card.links or []
+            if link.type == "absolute"
+        ),
+        source=card.source.label,
+    )
+
+
+def most_urgent_first(cards: Iterable[Card]) -> list[Card]:
+    """Stable sort by indicator: the services' own order holds within one urgency."""
+    return sorted(cards, key=lambda card: INDICATOR_RANK.get(card.indicator, 3))
