@@ -1,0 +1,322 @@
+"""Fault tests over real loopback sockets: every failure answers within the budget + 10%.
+
+A small ``http.server`` stands in for a misbehaving FHIR server; the mode is the
+first path segment of the ``fhirServer`` base, so each test names its fault in
+the URL. Each case checks the answer (412 or the data that could be had), the
+elapsed time, and that the fetch threads are free again afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import wait
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from cds_hooks.errors import DataUnavailable
+from cds_hooks.fhir import ClientLimits, FhirClient
+from cds_hooks.models import HookRequest
+from cds_hooks.prefetch import resolve
+from cds_hooks.services import CdsService, Evaluation, PrefetchData
+
+BUDGET_MS = 500
+LIMIT_S = BUDGET_MS / 1000 * 1.10
+TOKEN = "fault-token-31415"
+STOP = threading.Event()
+
+
+def searchset(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
+                            "entry": [{"resource": r} for r in resources]}
+    if next_url:
+        body["link"] = [{"relation": "next", "url": next_url}]
+    return body
+
+
+class FaultHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    other_host = ""  # set per server: where the "nextother" mode points its next link
+
+    def log_message(self, *_: Any) -> None:  # keep the test output quiet
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/fhir+json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, body: Any) -> None:
+        self._send(status, json.dumps(body).encode())
+
+    def do_GET(self) -> None:
+        mode = self.path.strip("/").split("/")[0]
+        if mode in ("401", "403", "404", "500"):
+            self._json(int(mode), {"resourceType": "OperationOutcome", "issue": []})
+        elif mode == "badjson":
+            self._send(200, b'{"resourceType": "Bundle", "entry": [')
+        elif mode == "html":
+            self._send(200, b"<html>login</html>", "text/html")
+        elif mode == "slow":
+            STOP.wait(5.0)
+            self._json(200, searchset([]))
+        elif mode == "trickle":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    if STOP.wait(0.05):
+                        break
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+            except OSError:
+                pass  # the client hung up: what it should do at its deadline
+        elif mode == "big":
+            self._json(200, searchset([{"resourceType": "Condition", "id": f"c{i}",
+                                        "subject": {"reference": "Patient/p"}}
+                                       for i in range(5000)]))
+        elif mode == "nextother":
+            self._json(200, searchset([{"resourceType": "Condition", "id": "first"}],
+                                      f"{self.other_host}/nextother/Condition?page=2"))
+        elif mode == "delay":
+            STOP.wait(0.3)
+            self._json(200, searchset([{"resourceType": "Condition", "id": "late"}]))
+        else:
+            self._json(200, searchset([{"resourceType": "Condition", "id": "ok"}]))
+
+
+class AcceptRecorder:
+    """A listening socket that only counts the connections it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[AcceptRecorder]:
+    rec = AcceptRecorder()
+    try:
+        yield rec
+    finally:
+        rec.close()
+
+
+@pytest.fixture
+def fault_server(recorder: AcceptRecorder) -> Iterator[str]:
+    handler = type("Handler", (FaultHandler,),
+                   {"other_host": f"http://127.0.0.1:{recorder.port}"})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.block_on_close = False
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    STOP.clear()
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        STOP.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=2)
+
+
+@pytest.fixture
+def client() -> Iterator[FhirClient]:
+    with FhirClient(ClientLimits(timeout_s=2.0, connect_timeout_s=2.0, pool_size=4)) as c:
+        yield c
+
+
+def service(keys: int = 1, required: bool = True) -> CdsService:
+    def evaluate(_request: HookRequest, _data: PrefetchData) -> Evaluation:
+        return Evaluation()
+
+    prefetch = {f"k{i}": f"Condition?patient={{{{context.patientId}}}}&n={i}"
+                for i in range(keys)}
+    return CdsService(id="faults", hook="patient-view", title="t", description="t",
+                      prefetch=prefetch, evaluate=evaluate,
+                      required_prefetch=frozenset(prefetch) if required else frozenset())
+
+
+def hook_request(base: str) -> HookRequest:
+    return HookRequest.model_validate({
+        "hook": "patient-view",
+        "hookInstance": "0f4c1a43-2c7e-4b0c-9d0a-1b1c2d3e4f50",
+        "fhirServer": base,
+        "fhirAuthorization": {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 60,
+                              "scope": "patient/*.read", "subject": "cds"},
+        "context": {"patientId": "p1", "userId": "Practitioner/u1"},
+    })
+
+
+def timed_resolve(base: str, client: FhirClient, svc: CdsService) -> tuple[Any, float]:
+    """(PrefetchData or the DataUnavailable raised, seconds taken); any other error fails."""
+    started = time.monotonic()
+    try:
+        outcome: Any = resolve(svc, hook_request(base), client=client, budget_ms=BUDGET_MS,
+                               allowed=[base])
+    except DataUnavailable as exc:
+        outcome = exc
+    return outcome, time.monotonic() - started
+
+
+def assert_workers_free(client: FhirClient) -> None:
+    """Every fetch thread can take new work right away: none is stuck on a socket."""
+    futures = [client.executor.submit(time.sleep, 0) for _ in range(client.limits.pool_size)]
+    done, _ = wait(futures, timeout=0.3)
+    assert len(done) == len(futures)
+
+
+@pytest.mark.parametrize("mode", ["401", "403", "404", "500", "badjson", "html", "slow",
+                                  "trickle"])
+def test_failing_server_gives_412_within_budget(fault_server: str, client: FhirClient,
+                                                mode: str) -> None:
+    outcome, elapsed = timed_resolve(f"{fault_server}/{mode}", client, service(keys=2))
+    assert isinstance(outcome, DataUnavailable)
+    assert outcome.status == 412
+    assert sorted(d["prefetchKey"] for d in outcome.details) == ["k0", "k1"]
+    assert TOKEN not in json.dumps(outcome.to_json())
+    assert elapsed <= LIMIT_S
+    assert_workers_free(client)
+
+
+@pytest.mark.parametrize("mode", ["slow", "trickle", "500"])
+def test_failing_server_leaves_optional_keys_unknown(fault_server: str, client: FhirClient,
+                                                     mode: str) -> None:
+    outcome, elapsed = timed_resolve(f"{fault_server}/{mode}", client,
+                                     service(keys=2, required=False))
+    assert isinstance(outcome, PrefetchData)
+    assert outcome.failed == {"k0", "k1"}
+    assert elapsed <= LIMIT_S
+    assert_workers_free(client)
+
+
+def test_server_down(client: FhirClient) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    outcome, elapsed = timed_resolve(f"http://127.0.0.1:{port}/fhir", client, service())
+    assert isinstance(outcome, DataUnavailable)
+    assert elapsed <= LIMIT_S
+    assert_workers_free(client)
+
+
+def test_unroutable_server_times_out_within_budget(client: FhirClient) -> None:
+    # A listening socket that never accepts: the connection hangs in the backlog or SYN queue.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):  # fill the backlog so later connects stall
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", sock.getsockname()[1]))
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+        outcome, elapsed = timed_resolve(f"http://127.0.0.1:{sock.getsockname()[1]}", client,
+                                         service())
+        assert isinstance(outcome, DataUnavailable)
+        assert elapsed <= LIMIT_S
+        assert_workers_free(client)
+    finally:
+        for filler in fillers:
+            filler.close()
+        sock.close()
+
+
+def test_five_thousand_entries(fault_server: str, client: FhirClient) -> None:
+    outcome, elapsed = timed_resolve(f"{fault_server}/big", client, service())
+    assert isinstance(outcome, PrefetchData)
+    assert len(outcome.get("k0") or []) == 5000
+    assert elapsed <= LIMIT_S
+
+
+def test_next_link_to_another_host_is_not_followed(fault_server: str, client: FhirClient,
+                                                   recorder: AcceptRecorder) -> None:
+    outcome, elapsed = timed_resolve(f"{fault_server}/nextother", client, service())
+    assert isinstance(outcome, PrefetchData)
+    assert [r["id"] for r in outcome.get("k0") or []] == ["first"]
+    assert elapsed <= LIMIT_S
+    time.sleep(0.1)
+    assert recorder.accepted == 0
+
+
+def test_server_not_on_allowlist_never_gets_a_connection(client: FhirClient,
+                                                         recorder: AcceptRecorder) -> None:
+    base = f"http://127.0.0.1:{recorder.port}/fhir"
+    with pytest.raises(DataUnavailable):
+        resolve(service(), hook_request(base), client=client, budget_ms=BUDGET_MS,
+                allowed=[f"http://127.0.0.1:{recorder.port}/other"])
+    # Same host and port, a path prefix of the allowed base: still not allowed.
+    with pytest.raises(DataUnavailable):
+        resolve(service(), hook_request(f"http://127.0.0.1:{recorder.port}"), client=client,
+                budget_ms=BUDGET_MS, allowed=[base])
+    time.sleep(0.1)
+    assert recorder.accepted == 0
+    # The recorder does count a connection when one is allowed (the test can fail).
+    with pytest.raises(DataUnavailable):
+        resolve(service(), hook_request(base), client=client, budget_ms=BUDGET_MS,
+                allowed=[base])
+    time.sleep(0.1)
+    assert recorder.accepted >= 1
+
+
+def test_keys_are_fetched_in_parallel(fault_server: str, client: FhirClient) -> None:
+    # Four keys of 0.3 s each: in series 1.2 s, beyond the budget; in parallel about 0.3 s.
+    outcome, elapsed = timed_resolve(f"{fault_server}/delay", client, service(keys=4))
+    assert isinstance(outcome, PrefetchData)
+    assert not outcome.failed
+    assert all(outcome.get(f"k{i}") == [{"resourceType": "Condition", "id": "late"}]
+               for i in range(4))
+    assert elapsed <= LIMIT_S
+
+
+def test_mixed_keys_keep_what_arrived(fault_server: str, client: FhirClient) -> None:
+    # Both keys share the base; the first path segment of each template picks its fault.
+    svc = CdsService(
+        id="mixed", hook="patient-view", title="t", description="t",
+        prefetch={"good": "ok/Condition?patient={{context.patientId}}",
+                  "bad": "slow/Observation?patient={{context.patientId}}"},
+        evaluate=lambda _r, _d: Evaluation(), required_prefetch=frozenset({"good"}))
+    outcome, elapsed = timed_resolve(fault_server, client, svc)
+    assert isinstance(outcome, PrefetchData)
+    assert outcome.get("good") == [{"resourceType": "Condition", "id": "ok"}]
+    assert outcome.failed == {"bad"}
+    assert elapsed <= LIMIT_S
