@@ -64,6 +64,11 @@ class Figure:
     half_p50_ms: float = 0.0
     half_p99_ms: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+class ScenarioError(RuntimeError):
+    """A scenario answered with an error: reported, the others still run, the exit code is 1."""
 
 
 def free_port() -> int:
@@ -161,8 +166,7 @@ def start_service(tmp: Path, fhir_base: str, args: argparse.Namespace) -> Proces
     argv = [
         sys.executable,
         "-m",
-        "plugin.cli",
-        "serve",
+        "plugin.serve",
         "--port",
         str(port),
         "--workers",
@@ -200,13 +204,15 @@ def load_patient(fhir: FhirTestServer, patient: str) -> None:
 
 
 def search_all(fhir: FhirTestServer, query: str) -> dict[str, Any]:
-    """Every page of a search, as one searchset Bundle (what an EHR's prefetch would send)."""
+    """A read, or every page of a search as one searchset Bundle (as an EHR would prefetch)."""
     entries: list[Any] = []
     path: str | None = "/" + query
     while path:
         status, page = fhir.request("GET", path)
         if status != 200:
-            raise RuntimeError(f"search {query.split('?')[0]} failed ({status})")
+            raise RuntimeError(f"{query.split('?')[0]} failed ({status})")
+        if page.get("resourceType") != "Bundle":
+            return dict(page)
         entries.extend(page.get("entry") or [])
         link = next(
             (ln["url"] for ln in page.get("link", []) if ln.get("relation") == "next"), None
@@ -215,12 +221,29 @@ def search_all(fhir: FhirTestServer, query: str) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
 
 
-def fill(template: str, context: dict[str, Any]) -> str:
-    return re.sub(
-        r"\{\{\s*context\.(\w+)\s*\}\}",
-        lambda m: urllib.parse.quote(str(context.get(m.group(1), "")), safe=""),
-        template,
+CONTEXT_TOKEN = re.compile(r"\{\{\s*context\.(\w+)\s*\}\}")
+
+
+def fill(template: str, context: dict[str, Any]) -> str | None:
+    """The template's query for this context; ``None`` when it names a missing context key."""
+    if any(name not in context for name in CONTEXT_TOKEN.findall(template)):
+        return None
+    return CONTEXT_TOKEN.sub(
+        lambda m: urllib.parse.quote(str(context[m.group(1)]), safe=""), template
     )
+
+
+def patient_context(patient: str) -> dict[str, Any]:
+    """patient-view context for a synthetic patient, with the encounter the chart is opened in."""
+    bundle = json.loads((PATIENTS / f"{patient}.json").read_text(encoding="utf-8"))
+    context: dict[str, Any] = {"userId": "Practitioner/bench", "patientId": patient}
+    encounters = [
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Encounter"
+    ]
+    current = [enc for enc in encounters if enc.get("status") == "in-progress"] or encounters
+    if current:
+        context["encounterId"] = current[0]["id"]
+    return context
 
 
 def hook_body(
@@ -243,9 +266,9 @@ def hook_body(
         "context": context,
     }
     if with_prefetch:
+        queries = {key: fill(template, context) for key, template in (prefetch or {}).items()}
         body["prefetch"] = {
-            key: search_all(fhir, fill(template, context))
-            for key, template in (prefetch or {}).items()
+            key: search_all(fhir, query) for key, query in queries.items() if query is not None
         }
     return body
 
@@ -293,6 +316,14 @@ def run_wrk(url: str, body_file: Path, duration_s: int, connections: int) -> dic
 def measure(
     name: str, url: str, body: dict[str, Any], tmp: Path, args: argparse.Namespace
 ) -> Figure:
+    try:
+        return measure_or_fail(name, url, body, args)
+    except ScenarioError as exc:
+        print(f"  {name:10s} FAILED: {exc}", flush=True)
+        return Figure(scenario=name, error=str(exc)[:1000])
+
+
+def measure_or_fail(name: str, url: str, body: dict[str, Any], args: argparse.Namespace) -> Figure:
     # Kept after the run (next to the JSON report) for bench/profile.py.
     body_file = args.out.parent / "bench-bodies" / f"{name}.json"
     body_file.parent.mkdir(parents=True, exist_ok=True)
@@ -300,11 +331,11 @@ def measure(
     body_file.write_bytes(raw)
     status, answer = http_json("POST", url, body)
     if status != 200:
-        raise RuntimeError(f"{name}: the call answered {status}: {json.dumps(answer)[:500]}")
+        raise ScenarioError(f"{name}: the call answered {status}: {json.dumps(answer)[:500]}")
     run_wrk(url, body_file, 1, args.connections)  # warm-up: caches, connections, JIT-free paths
     peak = run_wrk(url, body_file, args.duration, args.connections)
     if peak["non_2xx"] or peak["socket_errors"]:
-        raise RuntimeError(f"{name}: errors under load: {peak}")
+        raise ScenarioError(f"{name}: errors under load: {peak}")
     figure = Figure(
         scenario=name,
         rps=round(peak["rps"], 1),
@@ -313,7 +344,7 @@ def measure(
     )
     half = constant_rate(url, raw, max(1.0, peak["rps"] / 2), args.duration)
     if half.errors:
-        raise RuntimeError(f"{name}: {half.errors} errors at half rate")
+        raise ScenarioError(f"{name}: {half.errors} errors at half rate")
     figure.half_rate = round(half.rate, 1)
     figure.half_p50_ms = round(half.p50_ms, 2)
     figure.half_p99_ms = round(half.p99_ms, 2)
@@ -329,6 +360,8 @@ def measure(
 def add_ratios(figures: list[Figure]) -> None:
     ref = next(f for f in figures if f.scenario == "reference")
     for fig in figures:
+        if fig.error:
+            continue
         fig.ratios = {
             key: round(getattr(fig, key) / getattr(ref, key), 2) if getattr(ref, key) else 0.0
             for key in ("rps", "p50_ms", "p99_ms", "half_p50_ms", "half_p99_ms")
@@ -373,6 +406,9 @@ def table(figures: list[Figure]) -> str:
     )
     lines = [head, "|" + "---|" * 9]
     for f in figures:
+        if f.error:
+            lines.append(f"| {f.scenario} | failed: {f.error[:80]} |" + " |" * 7)
+            continue
         lines.append(
             f"| {f.scenario} | {f.rps:.0f} | {f.ratios['rps']:.2f} | {f.p50_ms:.2f} | "
             f"{f.p99_ms:.2f} | {f.half_rate:.0f} | {f.half_p50_ms:.2f} | {f.half_p99_ms:.2f} | "
@@ -388,8 +424,8 @@ def bench_once(args: argparse.Namespace, fhir: FhirTestServer, tmp: Path) -> dic
         chosen = pick_service(service.base, args.service)
         url = f"{service.base}/cds-services/{chosen['id']}"
         prefetch = chosen.get("prefetch") or {}
-        typical = {"userId": "Practitioner/bench", "patientId": args.patient}
-        large = {"userId": "Practitioner/bench", "patientId": LARGE}
+        typical = patient_context(args.patient)
+        large = patient_context(LARGE)
         print(
             f"service {chosen['id']} ({args.worker_class}, {args.workers} workers, "
             f"{args.threads} threads), ready in {service.ready_s:.2f} s; "
@@ -408,9 +444,9 @@ def bench_once(args: argparse.Namespace, fhir: FhirTestServer, tmp: Path) -> dic
         )
         add_ratios(figures)
         memory = service.memory_mb()
-        status, _ = http_json("GET", service.base + "/metrics")
-        if status != 200:
-            raise RuntimeError(f"/metrics answered {status}")
+        with urllib.request.urlopen(service.base + "/metrics", timeout=10) as resp:  # noqa: S310
+            if b"cds_requests_total" not in resp.read():
+                raise RuntimeError("/metrics does not count requests")
     finally:
         service_stop = service.stop()
         reference.stop()
@@ -487,6 +523,10 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"machine: {report['machine']}\nwritten: {args.out}")
+    failed = [f["scenario"] for run in results for f in run["figures"] if f["error"]]
+    if failed:
+        print(f"scenarios that answered errors: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

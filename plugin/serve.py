@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,10 @@ GRACEFUL_TIMEOUT_S = 20
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("serve", help="run the CDS service")
+    add_arguments(subparsers.add_parser("serve", help="run the CDS service"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="bind address (default CDS_HOST)")
     parser.add_argument("--port", type=int, default=None, help="port (default CDS_PORT)")
     parser.add_argument("--workers", type=int, default=None, help="workers (default CDS_WORKERS)")
@@ -134,3 +138,14 @@ def run(args: argparse.Namespace) -> int:
         lambda: app, gunicorn_options(host, port, workers, args.worker_class, args.threads)
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m plugin.serve``: the same as ``mkopper-cds serve``, without the other commands."""
+    parser = argparse.ArgumentParser(prog="python -m plugin.serve", description="Run the service.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
