@@ -223,3 +223,82 @@ def test_the_generator_never_makes_a_valid_number() -> None:
     for individual in range(0, 1000, 37):
         number = generator.synthetic_fnr("1988-04-12", individual)
         assert not fnr_check_digits_valid(number)
+
+
+# --- what the service reads from them ---------------------------------------------------------
+
+
+def chart_request(patient_id: str, bundle: dict[str, Any]) -> dict[str, Any]:
+    """A patient-view request with the chart prefetched from the Bundle, as an EHR would send."""
+    found = resources(bundle)
+
+    def searchset(resource_type: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": r} for r in found if r["resourceType"] == resource_type],
+        }
+
+    (current,) = [
+        r for r in found if r["resourceType"] == "Encounter" and r["status"] == "in-progress"
+    ]
+    return {
+        "hookInstance": "0f5e4a52-6a43-4b0e-9a55-1d6f3a2b9c11",
+        "hook": "patient-view",
+        "context": {
+            "userId": "Practitioner/tester",
+            "patientId": patient_id,
+            "encounterId": current["id"],
+        },
+        "prefetch": {
+            "conditions": searchset("Condition"),
+            "observations": searchset("Observation"),
+            "encounter": current,
+            "aerosolOrders": searchset("ServiceRequest"),
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def knowledge() -> Any:
+    from cds_hooks.knowledge import load_knowledge
+
+    return load_knowledge()
+
+
+@pytest.mark.parametrize("entry", index()["patients"], ids=lambda e: e["id"])
+def test_the_service_reads_the_expected_facts(knowledge: Any, entry: dict[str, Any]) -> None:
+    from cds_hooks.facts import Sources, derive_facts
+
+    found = resources(read(PATIENTS / entry["file"]))
+    (current,) = [
+        r for r in found if r["resourceType"] == "Encounter" and r["status"] == "in-progress"
+    ]
+    facts = derive_facts(
+        knowledge,
+        Sources(
+            conditions=[r for r in found if r["resourceType"] == "Condition"],
+            observations=[r for r in found if r["resourceType"] == "Observation"],
+            encounters=[current],
+            encounter_id=current["id"],
+            orders=[r for r in found if r["resourceType"] == "ServiceRequest"],
+        ),
+    )
+    expected = entry["expected"]
+    assert facts.status.label == expected["status"]
+    assert facts.care_setting.value == expected["careSetting"]
+    assert bool(facts.aerosol_procedure_ordered) == bool(expected.get("aerosolProcedures"))
+    assert facts.skipped == 0
+
+
+@pytest.mark.parametrize("entry", index()["patients"], ids=lambda e: e["id"])
+def test_patient_view_gives_the_expected_cards(knowledge: Any, entry: dict[str, Any]) -> None:
+    from cds_hooks.catalog import build_registry
+    from cds_hooks.models import HookRequest
+    from cds_hooks.prefetch import resolve
+
+    service = build_registry(knowledge).get("mkopper-patient-view")
+    request = HookRequest.model_validate(chart_request(entry["id"], read(PATIENTS / entry["file"])))
+    service.check_request(request)
+    evaluation = service.evaluate(request, resolve(service, request))
+    assert sorted(item.finding for item in evaluation.issued) == sorted(entry["expectedCards"])

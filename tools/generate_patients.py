@@ -554,8 +554,9 @@ PATIENTS = {
     "mk-suspected-emergency-respiratory": (
         suspected_emergency_respiratory,
         "Suspected m-kopper (ICD-10 B04, unconfirmed) in the emergency department (EMER), "
-        "with cough and shortness of breath recorded as text.",
-        {"status": "suspected", "careSetting": "emergency", "respiratorySymptoms": True},
+        "with cough and shortness of breath recorded as text (no verified code exists for "
+        "them, so the service does not read them).",
+        {"status": "suspected", "careSetting": "emergency"},
     ),
     "mk-confirmed-inpatient": (
         confirmed_inpatient,
@@ -587,7 +588,7 @@ PATIENTS = {
         control,
         "Control: inpatient without m-kopper; old chickenpox ('Vannkopper') and asthma as "
         "text, and a bronchoscopy ordered.",
-        {"status": "none", "careSetting": "inpatient"},
+        {"status": "none", "careSetting": "inpatient", "aerosolProcedures": ["10847001"]},
     ),
     "mk-inpatient-aerosol": (
         inpatient_aerosol,
@@ -605,7 +606,21 @@ PATIENTS = {
 
 # id -> finding keys (cds_hooks/content/mkopper.toml) of the cards the service should return
 # on patient-view. Patients not listed here expect no card.
-EXPECTED_CARDS: dict[str, list[str]] = {}
+# Read from the guideline: 5.1 (droplet precautions in outpatient care) or 5.2 (isolation) by
+# care setting, the respirator under 5.2 for an aerosol-generating procedure, and section 7
+# (staff in vulnerable groups) whenever m-kopper is suspected or confirmed.
+EXPECTED_CARDS: dict[str, list[str]] = {
+    "mk-suspected-outpatient": ["droplet-precautions-outpatient", "staff-in-vulnerable-groups"],
+    "mk-suspected-emergency-respiratory": [
+        "droplet-precautions-outpatient",
+        "staff-in-vulnerable-groups",
+    ],
+    "mk-confirmed-inpatient": ["isolation-inpatient", "staff-in-vulnerable-groups"],
+    "mk-confirmed-lab-only": ["droplet-precautions-outpatient", "staff-in-vulnerable-groups"],
+    "mk-text-only": ["droplet-precautions-outpatient", "staff-in-vulnerable-groups"],
+    "mk-inpatient-aerosol": ["isolation-inpatient", "respirator", "staff-in-vulnerable-groups"],
+    "mk-large-record": ["isolation-inpatient", "staff-in-vulnerable-groups"],
+}
 
 
 def render(data: Any, *, compact: bool = False) -> str:
