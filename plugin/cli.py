@@ -13,6 +13,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "plugin.serve",
     "plugin.content_cmd",
     "plugin.contract",
+    "plugin.seed_cmd",
+    "plugin.call_cmd",
 )
 
 

@@ -143,6 +143,17 @@ SETTINGS: tuple[Setting, ...] = (
         "SameSite of the SMART page's cookies. `Lax` for a top-level window or same-site "
         "frame; `None` when the EHR frames the page from another site.",
     ),
+    Setting(
+        "CDS_SERVICE_URL",
+        "http://127.0.0.1:8080",
+        "Base URL of the CDS service that `mkopper-cds call` calls (its `--service`).",
+    ),
+    Setting(
+        "CDS_FHIR_TOKEN",
+        "",
+        "Bearer token for the FHIR server, used by `mkopper-cds seed` and `call` only "
+        "(`call` passes it on as `fhirAuthorization`). Never read by the service.",
+    ),
 )
 
 DEFAULTS: dict[str, str] = {s.name: s.default for s in SETTINGS}
