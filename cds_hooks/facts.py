@@ -44,7 +44,7 @@ CLINICAL_STATUS = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 TEXT_PATTERN = re.compile(
     r"(?<!\w)(?:mpox|m[-\u2010\u2011]kopper|apekopp|monkeypox|mpxv)", re.IGNORECASE
 )
-_ICD_SUBDIVISION = re.compile(r"^([A-Z]\d\d)\.?[0-9X]{0,2}$")
+_ICD_SUBDIVISION = re.compile(r"^([A-Z]\d\d)(?:\.?(?:\d{1,2}|X))?$")
 
 _SUSPECTED = frozenset({"unconfirmed", "provisional", "differential"})
 _NOT_MKOPPER = frozenset({"refuted", "entered-in-error"})

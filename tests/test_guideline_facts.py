@@ -1,0 +1,370 @@
+"""Facts from raw FHIR: status, laboratory, care setting, orders, malformed data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds_hooks.facts import CareSetting, Sources, Status, derive_facts, names_mkopper
+from cds_hooks.knowledge import default_content_path, load_knowledge
+
+SCT = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+VOLVEN = "urn:oid:2.16.578.1.12.4.1.1.8406"
+VER = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+CLIN = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+
+
+@pytest.fixture(scope="module")
+def knowledge() -> Any:
+    return load_knowledge()
+
+
+def condition(
+    code: dict[str, Any], ver: str | None = "confirmed", clin: str | None = "active", **extra: Any
+) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p"},
+        "code": code,
+        **extra,
+    }
+    if ver:
+        resource["verificationStatus"] = {"coding": [{"system": VER, "code": ver}]}
+    if clin:
+        resource["clinicalStatus"] = {"coding": [{"system": CLIN, "code": clin}]}
+    return resource
+
+
+def observation(
+    oid: str, value: str | None, when: str | None, *, interpretation: str | None = None
+) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "100383-9"}]},
+    }
+    if value:
+        resource["valueCodeableConcept"] = {"coding": [{"system": SCT, "code": value}]}
+    if interpretation:
+        resource["interpretation"] = [{"coding": [{"system": INTERP, "code": interpretation}]}]
+    if when:
+        resource["effectiveDateTime"] = when
+    return resource
+
+
+def order(code: str, system: str = SCT, status: str = "draft", **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "ServiceRequest",
+        "id": f"sr-{code}",
+        "status": status,
+        "intent": "order",
+        "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": system, "code": code}]},
+        **extra,
+    }
+
+
+MPOX = {"coding": [{"system": SCT, "code": "359814004"}]}
+
+
+# --- Names of m-kopper -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Mpox",
+        "mistenkt MPOX-infeksjon",
+        "M-kopper",
+        "m\u2011kopper",  # non-breaking hyphen
+        "Apekopper",
+        "apekoppar",
+        "Apekoppevirus påvist",
+        "Monkeypox",
+        "MPXV PCR",
+    ],
+)
+def test_free_text_names_mkopper(knowledge: Any, text: str) -> None:
+    assert names_mkopper(knowledge, {"text": text})
+    assert names_mkopper(knowledge, {"coding": [{"system": "urn:local", "display": text}]})
+
+
+@pytest.mark.parametrize("text", ["Vannkopper", "kopper", "Kopper (variola)", "Pneumoni", ""])
+def test_free_text_does_not_name_other_pox(knowledge: Any, text: str) -> None:
+    assert not names_mkopper(knowledge, {"text": text})
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "expected"),
+    [
+        ("http://hl7.org/fhir/sid/icd-10", "B04", True),
+        ("http://hl7.org/fhir/sid/icd-10-no", "B04", True),
+        ("urn:oid:2.16.578.1.12.4.1.1.7110", "B04", True),
+        ("http://hl7.org/fhir/sid/icd-10-no", "B040", True),
+        ("http://hl7.org/fhir/sid/icd-10", "B04.9", True),
+        ("urn:local:icd10", "b04.x", True),
+        (None, "B04", True),
+        (SCT, "359814004", True),
+        ("http://hl7.org/fhir/sid/icd-10", "B08.0", False),
+        ("http://hl7.org/fhir/sid/icd-10", "B041X", False),
+        (SCT, "59774002", False),  # the organism, not the disorder
+        (SCT, "414015000", False),  # TERMINOLOGY.md: do not use as known
+        ("urn:local:other", "B04", False),
+    ],
+)
+def test_codes_name_mkopper(knowledge: Any, system: str | None, code: str, expected: bool) -> None:
+    coding = {"code": code} if system is None else {"system": system, "code": code}
+    assert names_mkopper(knowledge, {"coding": [coding]}) is expected
+
+
+# --- Status from Conditions ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ver", "clin", "expected"),
+    [
+        ("confirmed", "active", Status.CONFIRMED),
+        ("confirmed", "recurrence", Status.CONFIRMED),
+        ("confirmed", "relapse", Status.CONFIRMED),
+        ("provisional", "active", Status.SUSPECTED),
+        ("unconfirmed", "active", Status.SUSPECTED),
+        ("differential", "active", Status.SUSPECTED),
+        (None, "active", Status.SUSPECTED),  # absent: suspected, never confirmed
+        ("refuted", "active", Status.NONE),
+        ("entered-in-error", None, Status.NONE),
+        ("confirmed", "inactive", Status.NONE),
+        ("confirmed", "remission", Status.NONE),
+        ("confirmed", "resolved", Status.NONE),
+        ("confirmed", None, Status.CONFIRMED),  # absent clinicalStatus: still active
+    ],
+)
+def test_condition_status(
+    knowledge: Any, ver: str | None, clin: str | None, expected: Status
+) -> None:
+    facts = derive_facts(knowledge, Sources(conditions=[condition(MPOX, ver, clin)]))
+    assert facts.status is expected
+    assert facts.status_evidence == (("Condition/c1",) if expected is not Status.NONE else ())
+
+
+def test_absent_clinical_status_with_abatement_is_not_active(knowledge: Any) -> None:
+    resource = condition(MPOX, "confirmed", None, abatementDateTime="2025-03-01")
+    assert derive_facts(knowledge, Sources(conditions=[resource])).status is Status.NONE
+
+
+def test_strongest_condition_wins(knowledge: Any) -> None:
+    refuted = condition(MPOX, "refuted", id="c1")
+    suspected = condition({"text": "apekopper"}, "provisional", id="c2")
+    facts = derive_facts(knowledge, Sources(conditions=[refuted, suspected]))
+    assert facts.status is Status.SUSPECTED
+    assert facts.status_evidence == ("Condition/c2",)
+
+
+def test_malformed_condition_is_skipped_and_counted(knowledge: Any) -> None:
+    broken = condition(MPOX, "confirmed")
+    broken["subject"] = "Patient/p"  # not a Reference
+    unrelated_broken = {"resourceType": "Condition", "code": {"text": "Pneumoni"}, "subject": 1}
+    facts = derive_facts(
+        knowledge, Sources(conditions=[broken, unrelated_broken, "not a resource", None])
+    )
+    assert facts.status is Status.NONE
+    # Only the m-kopper Condition is validated (filter by code first); so only it is counted.
+    assert facts.skipped == 1
+
+
+def test_no_data_is_unknown_not_no(knowledge: Any) -> None:
+    facts = derive_facts(knowledge, Sources())
+    assert facts.status is Status.NONE
+    assert facts.care_setting is CareSetting.UNKNOWN
+    assert facts.aerosol_procedure_ordered is None
+    assert facts.mkopper_test_ordered is None
+    assert facts.respiratory_symptoms is None
+
+
+# --- Laboratory ------------------------------------------------------------------------------
+
+
+def test_positive_result_confirms_without_condition(knowledge: Any) -> None:
+    facts = derive_facts(
+        knowledge, Sources(observations=[observation("o1", "10828004", "2025-03-01")])
+    )
+    assert facts.status is Status.CONFIRMED
+    assert facts.status_evidence == ("Observation/o1",)
+
+
+def test_negative_after_positive_withdraws_laboratory_confirmation(knowledge: Any) -> None:
+    results = [
+        observation("o1", "260373001", "2025-03-01T08:00:00Z"),
+        observation("o2", "260385009", "2025-03-05T08:00:00Z"),
+    ]
+    facts = derive_facts(knowledge, Sources(observations=results))
+    assert facts.status is Status.NONE
+    assert facts.laboratory_negative_after_positive
+
+
+def test_negative_result_does_not_withdraw_a_clinicians_condition(knowledge: Any) -> None:
+    results = [
+        observation("o1", "260373001", "2025-03-01"),
+        observation("o2", "260415000", "2025-03-05"),
+    ]
+    facts = derive_facts(
+        knowledge,
+        Sources(conditions=[condition(MPOX, "provisional")], observations=results),
+    )
+    assert facts.status is Status.SUSPECTED
+
+
+def test_time_order_not_list_order_decides(knowledge: Any) -> None:
+    results = [
+        observation("o2", "260415000", "2025-03-01T12:00:00+01:00"),
+        observation("o1", "260373001", "2025-03-01T12:30:00+01:00"),
+    ]
+    facts = derive_facts(knowledge, Sources(observations=results))
+    assert facts.status is Status.CONFIRMED
+
+
+def test_positive_wins_a_tie_and_undated_results_sort_first(knowledge: Any) -> None:
+    tie = [
+        observation("o1", "260373001", "2025-03-01"),
+        observation("o2", "260415000", "2025-03-01"),
+    ]
+    assert derive_facts(knowledge, Sources(observations=tie)).status is Status.CONFIRMED
+    undated_positive = [
+        observation("o1", "260373001", None),
+        observation("o2", "260415000", "2025-03-01"),
+    ]
+    assert derive_facts(knowledge, Sources(observations=undated_positive)).status is Status.NONE
+
+
+def test_interpretation_is_the_fallback(knowledge: Any) -> None:
+    pos = observation("o1", None, "2025-03-01", interpretation="POS")
+    assert derive_facts(knowledge, Sources(observations=[pos])).status is Status.CONFIRMED
+    inconclusive = observation("o1", "419984006", "2025-03-01")
+    assert derive_facts(knowledge, Sources(observations=[inconclusive])).status is Status.NONE
+
+
+def test_entered_in_error_and_other_tests_do_not_count(knowledge: Any) -> None:
+    wrong = observation("o1", "260373001", "2025-03-01")
+    wrong["status"] = "entered-in-error"
+    other_test = observation("o2", "260373001", "2025-03-01")
+    other_test["code"] = {"coding": [{"system": LOINC, "code": "100384-7"}]}
+    facts = derive_facts(knowledge, Sources(observations=[wrong, other_test]))
+    assert facts.status is Status.NONE
+
+
+# --- Care setting ----------------------------------------------------------------------------
+
+
+def encounter(klass: Any, eid: str = "e1", status: str = "in-progress") -> dict[str, Any]:
+    return {"resourceType": "Encounter", "id": eid, "status": status, "class": klass}
+
+
+@pytest.mark.parametrize(
+    ("klass", "expected"),
+    [
+        ({"system": ACT, "code": "AMB"}, CareSetting.OUTPATIENT),
+        ({"system": ACT, "code": "HH"}, CareSetting.OUTPATIENT),
+        ({"system": ACT, "code": "EMER"}, CareSetting.EMERGENCY),
+        ({"system": ACT, "code": "IMP"}, CareSetting.INPATIENT),
+        ({"system": ACT, "code": "OBSENC"}, CareSetting.INPATIENT),
+        ({"system": ACT, "code": "FLD"}, CareSetting.FIELD),
+        ({"system": ACT, "code": "VR"}, CareSetting.VIRTUAL),
+        ({"system": VOLVEN, "code": "1"}, CareSetting.INPATIENT),
+        ({"system": VOLVEN, "code": "2"}, CareSetting.OUTPATIENT),
+        ({"system": VOLVEN, "code": "3"}, CareSetting.OUTPATIENT),
+        ({"system": "urn:local", "code": "IMP"}, CareSetting.UNKNOWN),
+        ([{"coding": [{"system": ACT, "code": "IMP"}]}], CareSetting.INPATIENT),  # R5
+        (
+            [
+                {"coding": [{"system": ACT, "code": "AMB"}]},
+                {"coding": [{"system": ACT, "code": "IMP"}]},
+            ],
+            CareSetting.INPATIENT,  # most demanding wins
+        ),
+    ],
+)
+def test_care_setting(knowledge: Any, klass: Any, expected: CareSetting) -> None:
+    facts = derive_facts(knowledge, Sources(encounters=[encounter(klass)], encounter_id="e1"))
+    assert facts.care_setting is expected
+
+
+def test_care_setting_from_the_hook_encounter_only(knowledge: Any) -> None:
+    encounters = [
+        encounter({"system": ACT, "code": "IMP"}, "other"),
+        encounter({"system": ACT, "code": "AMB"}, "e1"),
+    ]
+    facts = derive_facts(knowledge, Sources(encounters=encounters, encounter_id="e1"))
+    assert facts.care_setting is CareSetting.OUTPATIENT
+    assert facts.care_setting_evidence == ("Encounter/e1",)
+    ambiguous = derive_facts(knowledge, Sources(encounters=encounters, encounter_id=None))
+    assert ambiguous.care_setting is CareSetting.UNKNOWN
+
+
+def test_malformed_or_cancelled_encounter_is_unknown(knowledge: Any) -> None:
+    malformed = encounter({"system": ACT, "code": "IMP"})
+    malformed["status"] = 7
+    facts = derive_facts(knowledge, Sources(encounters=[malformed], encounter_id="e1"))
+    assert facts.care_setting is CareSetting.UNKNOWN and facts.skipped == 1
+    cancelled = encounter({"system": ACT, "code": "IMP"}, status="cancelled")
+    facts = derive_facts(knowledge, Sources(encounters=[cancelled], encounter_id="e1"))
+    assert facts.care_setting is CareSetting.UNKNOWN
+
+
+# --- Orders ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("resource", "aerosol"),
+    [
+        (order("112798008"), True),
+        (order("16883004"), True),
+        (order("271280005"), True),
+        (order("10847001"), True),
+        (order("428311008"), True),
+        (order("40617009"), True),
+        (order("371907003"), False),
+        (
+            order("371907003", orderDetail=[{"coding": [{"system": SCT, "code": "426854004"}]}]),
+            True,
+        ),
+        (order("47545007"), False),  # secondary source only, off by default
+        (order("10847001", status="revoked"), False),
+        (order("10847001", status="completed"), False),
+    ],
+)
+def test_aerosol_generating_orders(knowledge: Any, resource: dict[str, Any], aerosol: bool) -> None:
+    facts = derive_facts(knowledge, Sources(orders=[resource]))
+    assert facts.aerosol_procedure_ordered is aerosol
+
+
+def test_mkopper_test_order_means_suspicion(knowledge: Any) -> None:
+    facts = derive_facts(knowledge, Sources(orders=[order("100383-9", LOINC)]))
+    assert facts.mkopper_test_ordered is True
+    assert facts.status is Status.SUSPECTED
+    assert facts.status_evidence == ("ServiceRequest/sr-100383-9",)
+
+
+def test_other_resources_in_draft_orders_are_ignored(knowledge: Any) -> None:
+    medication = {"resourceType": "MedicationRequest", "status": "draft", "intent": "order"}
+    facts = derive_facts(knowledge, Sources(orders=[medication]))
+    assert facts.aerosol_procedure_ordered is False
+    assert facts.mkopper_test_ordered is False
+    assert facts.skipped == 0
+
+
+def test_secondary_aerosol_procedures_when_content_includes_them(tmp_path: Path) -> None:
+    text = default_content_path().read_text(encoding="utf-8")
+    flag = "include_secondary_aerosol_procedures = false"
+    assert flag in text
+    path = tmp_path / "content.toml"
+    path.write_text(text.replace(flag, "include_secondary_aerosol_procedures = true"), "utf-8")
+    knowledge = load_knowledge(path)
+    for code in ("48387007", "89666000", "47545007", "56251003"):
+        facts = derive_facts(knowledge, Sources(orders=[order(code)]))
+        assert facts.aerosol_procedure_ordered is True, code
