@@ -111,7 +111,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CDS_SMART_CLIENT_ID",
         "mkopper-cds",
-        "OAuth client id of the SMART on FHIR page, as registered in the EHR (public client, PKCE).",
+        "OAuth client id of the SMART on FHIR page, as registered in the EHR "
+        "(public client, PKCE).",
     ),
     Setting(
         "CDS_SMART_SCOPES",
