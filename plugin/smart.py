@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
@@ -44,6 +44,7 @@ from flask import (
     url_for,
 )
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
 
 from cds_hooks.errors import CdsError, DataUnavailable, FhirAuthError, FhirError, FhirNotAllowed
 from cds_hooks.fhir import Allowlist
@@ -169,7 +170,7 @@ def cookie_name(base: str) -> str:
     return f"__Host-{base}" if _secure_cookies() else base
 
 
-def _set_cookie(response: Response, base: str, value: str, max_age: int) -> None:
+def _set_cookie(response: BaseResponse, base: str, value: str, max_age: int) -> None:
     response.set_cookie(
         cookie_name(base),
         value,
@@ -181,7 +182,7 @@ def _set_cookie(response: Response, base: str, value: str, max_age: int) -> None
     )
 
 
-def _clear_cookie(response: Response, base: str) -> None:
+def _clear_cookie(response: BaseResponse, base: str) -> None:
     response.delete_cookie(
         cookie_name(base),
         path="/",
@@ -237,7 +238,7 @@ def smart_configuration(iss: str) -> dict[str, Any]:
 
 
 @bp.get("/launch")
-def launch() -> Response:
+def launch() -> BaseResponse:
     """EHR launch: check ``iss``, then send the browser to the EHR's authorisation endpoint."""
     g.call_log = {"service": "smart", "hook": "launch"}
     iss = fhir_base(_param("iss"))
@@ -319,7 +320,7 @@ def launch_context(token: Mapping[str, Any]) -> LaunchContext:
 
 
 @bp.get("/callback")
-def callback() -> Response:
+def callback() -> BaseResponse:
     """The redirect URL: take the pending launch (once), exchange the code, open a session."""
     g.call_log = {"service": "smart", "hook": "callback"}
     state = _param("state")
@@ -446,7 +447,7 @@ def _content(path: str) -> Content:
 def guideline_view(language: str, texts: Mapping[str, str]) -> GuidelineView:
     path = str(current_app.config.get("CDS_CONTENT_FILE") or default_content_path())
     guideline = _content(path).guideline
-    lang = "en" if language == "en" else "nb"
+    lang: Literal["nb", "en"] = "en" if language == "en" else "nb"
     return GuidelineView(
         line=texts["guideline"].format(
             title=guideline.title.get(lang), owner=guideline.owner, version=guideline.version
@@ -480,7 +481,7 @@ def page() -> Response:
     html = render_template(
         "smart/page.html",
         t=texts,
-        cards=[smart_render.card_view(item.card) for item in issued],
+        cards=[smart_render.card_view(item) for item in issued],
         guideline=guideline_view(language(), texts),
     )
     return Response(html, status=200, mimetype="text/html")

@@ -19,6 +19,7 @@ from pathlib import Path
 from markupsafe import Markup, escape
 
 from cds_hooks.models import Card
+from cds_hooks.services import IssuedCard
 
 TEXT_FILE = Path(__file__).with_name("smart_text.toml")
 LANGUAGES = ("nb", "en")
@@ -58,6 +59,7 @@ class LinkView:
 
 @dataclass(frozen=True, slots=True)
 class CardView:
+    finding: str
     indicator: str
     summary: str
     blocks: tuple[Block, ...]
@@ -113,8 +115,10 @@ def blocks(markdown: str | None) -> tuple[Block, ...]:
     return tuple(out)
 
 
-def card_view(card: Card) -> CardView:
+def card_view(item: IssuedCard) -> CardView:
+    card = item.card
     return CardView(
+        finding=item.finding,
         indicator=card.indicator,
         summary=card.summary,
         blocks=blocks(card.detail),
