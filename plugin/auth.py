@@ -29,7 +29,7 @@ import jwt
 from flask import Flask, Request, current_app
 
 from cds_hooks.errors import Unauthorized
-from plugin import headers
+from plugin import body_limit, headers
 from plugin.config import as_bool, as_int, as_list
 from plugin.jwks import Jwk, KeySetCache, TrustedClient, load_trusted_clients
 
@@ -234,9 +234,11 @@ def _from_loopback(request: Request) -> bool:
 
 def init_app(app: Flask) -> None:
     """Read the trust settings once; a broken setting stops the service at start."""
-    # The security headers belong to the same boundary: wiring them here means no app
-    # that authenticates callers can run without them (create_app may also call it).
+    # The security headers and the body limit belong to the same boundary: wiring them
+    # here means no app that authenticates callers runs without them (create_app may
+    # call them too; both register once).
     headers.init_app(app)
+    body_limit.init_app(app)
     algorithms = parse_algorithms(app.config["CDS_JWT_ALGORITHMS"])
     clients = load_trusted_clients(str(app.config["CDS_TRUSTED_CLIENTS"] or ""))
     ttl = as_int("CDS_JWKS_CACHE_SECONDS", app.config["CDS_JWKS_CACHE_SECONDS"])
