@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cds_hooks.services import CdsService, Evaluation, PrefetchData, ServiceRegistry
 from tests.fake_services import fake_registry
+from tests.service_process import ServiceProcess, http
 from tests.test_http_errors import request_body
 
 PATIENT_ID = "pat-secret-4711"
@@ -126,3 +128,31 @@ def test_metrics_never_carry_patient_ids(client: FlaskClient) -> None:
     text = client.get("/metrics").get_data(as_text=True)
     assert PATIENT_ID not in text
     assert "Practitioner/99" not in text
+
+
+def test_gunicorn_workers_are_summed(tmp_path: Path) -> None:
+    """Under gunicorn each worker counts in its own files; any worker's /metrics sums them."""
+    service = ServiceProcess(tmp_path, workers=2, CDS_ALLOW_UNSIGNED="1")
+    try:
+        url = f"{service.base}/cds-services/mkopper-patient-view/feedback"
+        body = {"feedback": [{"card": "c", "outcome": "accepted",
+                              "outcomeTimestamp": "2026-11-25T10:15:00Z"}]}
+        calls = 40
+        for _ in range(calls):
+            assert http("POST", url, body)[0] == 200
+        assert len(service.workers()) == 2
+        # Consecutive scrapes land on either worker; each must see all calls.
+        for _ in range(6):
+            status, text = http("GET", service.base + "/metrics")
+            assert status == 200
+            counts = {
+                sample.labels["endpoint"]: sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "cds_requests_total" and sample.labels["status"] == "200"
+            }
+            assert counts["feedback"] == calls
+        files = list((tmp_path / f"prometheus-{service.port}").glob("*.db"))
+        assert len({f.name.rsplit("_", 1)[-1] for f in files}) >= 2, "one file set per worker"
+    finally:
+        assert service.stop() == 0
