@@ -36,8 +36,9 @@ pytest: $(STAMP) node
 
 test: lint typecheck pytest
 
+# The benchmark (docs/operations.md); CI runs `make bench BENCH_ARGS=--short`.
 bench: $(STAMP) node
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules var .pytest_cache .mypy_cache .ruff_cache
