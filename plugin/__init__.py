@@ -11,7 +11,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from cds_hooks.services import ServiceRegistry
-from plugin import auth, errors, metrics, smart, suppression, views
+from plugin import admin, auth, errors, metrics, smart, suppression, views
 from plugin.config import as_int, as_list, database_url, load_settings
 from plugin.storage import Store, create_db_engine, migrate
 
@@ -62,6 +62,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     auth.init_app(app)
     suppression.init_app(app)
+    admin.init_app(app)
     metrics.init_app(app)
     app.register_blueprint(views.bp)
     smart.init_app(app)

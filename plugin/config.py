@@ -106,7 +106,24 @@ SETTINGS: tuple[Setting, ...] = (
         "CDS_PATIENT_HASH_SECRET",
         "",
         "Secret for the keyed hash (HMAC-SHA256) of "
-        "patient ids in suppression records. Empty: a key kept in CDS_DATA_DIR.",
+        "patient ids in suppression records. Empty: a key kept in CDS_DATA_DIR. "
+        "Comma-separated to rotate: the first hashes new records, the others are still "
+        "recognised. Set it (the same everywhere) when several instances share a database.",
+    ),
+    Setting(
+        "CDS_ADMIN_USER",
+        "admin",
+        "User name for the feedback dashboard `/admin/feedback` (HTTP Basic).",
+    ),
+    Setting(
+        "CDS_ADMIN_PASSWORD",
+        "",
+        "Password for the feedback dashboard (12 characters or more). Empty: the dashboard is off.",
+    ),
+    Setting(
+        "CDS_ADMIN_ALLOW_REMOTE",
+        "0",
+        "`1`: serve the dashboard to non-loopback addresses too (put it behind TLS then).",
     ),
     Setting(
         "CDS_SMART_CLIENT_ID",

@@ -162,8 +162,9 @@ class Policy:
     per_encounter: frozenset[str] = frozenset()
     # findings that come back when the m-kopper status changes; None: every finding
     status_bound: frozenset[str] | None = None
-    # override reason code -> display text, for the dashboard
+    # override reason code -> display text, and card kind -> topic text, for the dashboard
     reason_labels: Mapping[str, str] | None = None
+    kind_labels: Mapping[str, str] | None = None
 
     def hours_for(self, reason_code: str | None) -> int:
         return self.reason_hours.get(reason_code or "", 0)
@@ -196,6 +197,7 @@ def policy_from_knowledge(knowledge: Any, language: str = "nb") -> Policy:
         per_encounter=per_encounter,
         status_bound=status_bound,
         reason_labels={code: reason.display.get(language) for code, reason in reasons.items()},
+        kind_labels={key: finding.topic.get(language) for key, finding in findings.items()},
     )
 
 

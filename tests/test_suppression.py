@@ -74,6 +74,7 @@ def content_policy(**changes: Any) -> Policy:
         per_encounter=frozenset(changes.get("per_encounter", ())),
         status_bound=frozenset(changes["status_bound"]) if "status_bound" in changes else None,
         reason_labels=policy.reason_labels,
+        kind_labels=policy.kind_labels,
     )
 
 

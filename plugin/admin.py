@@ -1,0 +1,174 @@
+"""The infection-control dashboard: how cards are received, per kind and day, with a CSV export.
+
+``GET /admin/feedback`` (HTML with server-side SVG charts) and
+``GET /admin/feedback.csv``, behind HTTP Basic with the credentials from
+CDS_ADMIN_USER / CDS_ADMIN_PASSWORD, compared in constant time. Without a
+password the dashboard is off. Only loopback clients are served unless
+CDS_ADMIN_ALLOW_REMOTE=1 (then put it behind TLS: Basic sends the password
+with every request). The page loads nothing from elsewhere and runs no script,
+so its Content-Security-Policy allows only its own stylesheet.
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import io
+import ipaddress
+from datetime import date
+
+from flask import Blueprint, Flask, Response, current_app, render_template, request
+
+from cds_hooks.errors import CdsError, Forbidden, Unauthorized
+from plugin.admin_report import (
+    EVENTS,
+    MAX_DAYS,
+    Report,
+    build_report,
+    daily_chart,
+    reasons_chart,
+)
+from plugin.config import as_bool
+from plugin.errors import error_response
+from plugin.suppression import get_suppressions
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+DEFAULT_DAYS = 30
+MIN_PASSWORD_LENGTH = 12
+BASIC_CHALLENGE = 'Basic realm="mkopper-cds admin", charset="UTF-8"'
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+# A cell starting with one of these is run as a formula by spreadsheet programs.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class AdminLoginRequired(Unauthorized):
+    default_message = "The dashboard needs the admin user name and password."
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _credentials_match(user: str, password: str) -> bool:
+    config = current_app.config
+    expected_user = str(config.get("CDS_ADMIN_USER") or "").encode("utf-8")
+    expected_password = str(config.get("CDS_ADMIN_PASSWORD") or "").encode("utf-8")
+    # Both compared, always: the time taken says nothing about which one was wrong.
+    user_ok = hmac.compare_digest(user.encode("utf-8"), expected_user)
+    password_ok = hmac.compare_digest(password.encode("utf-8"), expected_password)
+    return user_ok and password_ok
+
+
+@bp.before_request
+def require_admin() -> Response | None:
+    config = current_app.config
+    try:
+        if not as_bool(config.get("CDS_ADMIN_ALLOW_REMOTE")) and not _is_loopback(
+            request.remote_addr
+        ):
+            raise Forbidden("The dashboard is served to loopback addresses only.")
+        if len(str(config.get("CDS_ADMIN_PASSWORD") or "")) < MIN_PASSWORD_LENGTH:
+            raise Forbidden(
+                "The dashboard is off: CDS_ADMIN_PASSWORD is not set "
+                f"(it needs {MIN_PASSWORD_LENGTH} characters or more)."
+            )
+        login = request.authorization
+        if (
+            login is None
+            or login.type != "basic"
+            or not _credentials_match(login.username or "", login.password or "")
+        ):
+            raise AdminLoginRequired()
+    except CdsError as error:
+        response = error_response(error)
+        if isinstance(error, Unauthorized):
+            response.headers["WWW-Authenticate"] = BASIC_CHALLENGE
+        return response
+    return None
+
+
+@bp.after_request
+def page_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _days() -> int:
+    raw = request.args.get("days", "")
+    if not raw.isdigit():
+        return DEFAULT_DAYS
+    return max(1, min(int(raw), MAX_DAYS))
+
+
+def _report(days: int) -> Report:
+    suppressions = get_suppressions()
+    policy = suppressions.policy
+    return build_report(
+        suppressions.engine,
+        now=suppressions.clock(),
+        days=days,
+        kind_labels=policy.kind_labels or {},
+        reason_labels=policy.reason_labels or {},
+    )
+
+
+@bp.get("/feedback")
+def dashboard() -> str:
+    days = _days()
+    report = _report(days)
+    overall = daily_chart(
+        report, {event: report.daily_total(event) for event in EVENTS}, width=960, height=220
+    )
+    per_kind = [
+        (kind, daily_chart(report, kind.daily, width=460, height=140)) for kind in report.kinds
+    ]
+    reason_totals = report.reason_totals()
+    return render_template(
+        "admin/feedback.html",
+        report=report,
+        days=days,
+        day_choices=(7, 30, 90, 365),
+        overall=overall,
+        per_kind=per_kind,
+        reasons=reasons_chart(reason_totals, report.reason_labels, width=960),
+        reason_totals=reason_totals,
+        events=EVENTS,
+    )
+
+
+def _cell(value: str) -> str:
+    return f"'{value}" if value.startswith(FORMULA_START) else value
+
+
+@bp.get("/feedback.csv")
+def export_csv() -> Response:
+    report = _report(_days())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(["date", "card_kind", "event", "override_reason", "count"])
+    for day, kind, event, reason, count in report.csv_rows():
+        writer.writerow([day, _cell(kind), event, _cell(reason), count])
+    filename = f"mkopper-feedback-{date.isoformat(report.last_day)}.csv"
+    return Response(
+        buffer.getvalue(),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@bp.get("/admin.css")
+def stylesheet() -> Response:
+    return Response(render_template("admin/admin.css"), mimetype="text/css")
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -1,0 +1,276 @@
+"""The feedback dashboard: login, loopback rule, counts per kind and day, CSV, no patient data."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from cds_hooks.models import Card, Coding, HookRequest, Source
+from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
+from plugin.admin_report import build_report, daily_chart
+from plugin.storage import feedback, issued_cards
+from tests.test_suppression import Clock, call, make_suppression_app, override
+
+PASSWORD = "correct horse battery staple"
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def basic(user: str = "admin", password: str = PASSWORD) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def dashboard_app(make_app: Any, **overrides: Any) -> Flask:
+    settings = {"CDS_ADMIN_PASSWORD": PASSWORD, **overrides}
+    return make_suppression_app(make_app, Clock(NOW), **settings)
+
+
+def seed(app: Flask, rows: Iterable[tuple[date, str, str | None, str | None]]) -> None:
+    """Insert (day, kind, outcome or None for shown only, reason) straight into the store."""
+    engine = app.extensions["cds_store"].engine
+    with engine.begin() as conn:
+        for day, kind, outcome, reason in rows:
+            at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=9)
+            card = str(uuid.uuid4())
+            conn.execute(
+                issued_cards.insert().values(
+                    card_uuid=card,
+                    service_id="sup-view",
+                    finding=kind,
+                    topic=kind,
+                    hook_instance="h",
+                    issued_at=at,
+                )
+            )
+            if outcome:
+                conn.execute(
+                    feedback.insert().values(
+                        card_uuid=card,
+                        service_id="sup-view",
+                        known_card=True,
+                        outcome=outcome,
+                        override_code=reason,
+                        override_display=reason,
+                        user_comment="pasient Ola Nordmann 01019912345",
+                        outcome_time=at.isoformat(),
+                        received_at=at + timedelta(minutes=3),
+                    )
+                )
+
+
+def table_row(html: str, kind: str) -> str:
+    start = html.index(f'<tr data-kind="{kind}">')
+    return html[start : html.index("</tr>", start)]
+
+
+def cells(row: str) -> list[str]:
+    parts = row.split('<td class="num">')[1:]
+    return [part.split("<", 1)[0] for part in parts]
+
+
+# --- Access -----------------------------------------------------------------------------------
+
+
+def test_dashboard_is_off_without_a_password(make_app: Any) -> None:
+    client = dashboard_app(make_app, CDS_ADMIN_PASSWORD="").test_client()
+    response = client.get("/admin/feedback", headers=basic(password=""))
+    assert response.status_code == 403
+    assert "CDS_ADMIN_PASSWORD" in response.get_json()["error"]["message"]
+
+
+def test_short_password_keeps_it_off(make_app: Any) -> None:
+    client = dashboard_app(make_app, CDS_ADMIN_PASSWORD="short").test_client()
+    assert client.get("/admin/feedback", headers=basic(password="short")).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        basic(password="wrong password here"),
+        basic(user="root"),
+        {"Authorization": "Bearer abc"},
+        {"Authorization": "Basic !!!"},
+    ],
+    ids=["none", "wrong-password", "wrong-user", "bearer", "garbage"],
+)
+def test_login_is_required(make_app: Any, headers: dict[str, str]) -> None:
+    client = dashboard_app(make_app).test_client()
+    for path in ("/admin/feedback", "/admin/feedback.csv", "/admin/admin.css"):
+        response = client.get(path, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Basic ")
+        assert PASSWORD not in response.get_data(as_text=True)
+
+
+def test_remote_addresses_are_refused_unless_allowed(make_app: Any) -> None:
+    remote = {"REMOTE_ADDR": "10.20.30.40"}
+    client = dashboard_app(make_app).test_client()
+    response = client.get("/admin/feedback", headers=basic(), environ_base=remote)
+    assert response.status_code == 403
+    assert client.get("/admin/feedback", headers=basic()).status_code == 200
+    assert client.get("/admin/feedback", environ_base={"REMOTE_ADDR": "::1"}).status_code == 401
+
+    allowed = dashboard_app(make_app, CDS_ADMIN_ALLOW_REMOTE="1").test_client()
+    assert allowed.get("/admin/feedback", headers=basic(), environ_base=remote).status_code == 200
+    assert allowed.get("/admin/feedback", environ_base=remote).status_code == 401
+
+
+def test_page_has_a_strict_policy_and_no_inline_code(make_app: Any) -> None:
+    client = dashboard_app(make_app).test_client()
+    response = client.get("/admin/feedback", headers=basic())
+    assert response.status_code == 200
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy
+    assert "style-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    html = response.get_data(as_text=True)
+    assert "<script" not in html
+    assert " style=" not in html
+    assert "http://" not in html
+    assert "https://" not in html
+    css = client.get("/admin/admin.css", headers=basic())
+    assert css.status_code == 200
+    assert css.mimetype == "text/css"
+
+
+# --- What it shows ----------------------------------------------------------------------------
+
+
+def test_counts_follow_calls_and_feedback(make_app: Any) -> None:
+    app = dashboard_app(make_app)
+    client = app.test_client()
+    first = call(client, ["notify-municipal-doctor", "respirator"], patient="pasient-4711")
+    override(client, first["notify-municipal-doctor"], "already-notified")
+    override(client, first["respirator"], "", outcome="accepted")
+    second = call(client, ["notify-municipal-doctor", "respirator"], patient="pasient-4712")
+    override(client, second["respirator"], "measures-in-place")
+    call(client, ["respirator"], patient="pasient-4713")
+
+    # The report's day is the service's (injected) clock; calls were stored at today's date.
+    app.extensions["cds_suppression"].clock = lambda: datetime.now(UTC)
+    html = client.get("/admin/feedback", headers=basic()).get_data(as_text=True)
+    # shown, accepted, overridden, overridden share, suppressed now
+    assert cells(table_row(html, "notify-municipal-doctor")) == ["2", "0", "1", "100 %", "1"]
+    assert cells(table_row(html, "respirator")) == ["3", "1", "1", "50 %", "1"]
+    assert "Allerede varslet kommunelegen: 1" in table_row(html, "notify-municipal-doctor")
+    assert "Tiltakene er allerede iverksatt: 1" in table_row(html, "respirator")
+    assert "Varsling til kommunelegen" in html  # the kind's topic from the content file
+    for secret in ("pasient-4711", "pasient-4712", "pat-1 called"):
+        assert secret not in html
+
+
+def test_days_are_bucketed_and_the_period_is_bounded(make_app: Any) -> None:
+    app = dashboard_app(make_app)
+    today = NOW.date()
+    seed(
+        app,
+        [
+            (today, "respirator", "overridden", "measures-in-place"),
+            (today - timedelta(days=1), "respirator", "accepted", None),
+            (today - timedelta(days=1), "respirator", None, None),
+            (today - timedelta(days=6), "respirator", None, None),
+            (today - timedelta(days=7), "respirator", None, None),  # outside a 7-day period
+        ],
+    )
+    client = app.test_client()
+    week = client.get("/admin/feedback?days=7", headers=basic()).get_data(as_text=True)
+    assert cells(table_row(week, "respirator"))[:3] == ["4", "1", "1"]
+    month = client.get("/admin/feedback", headers=basic()).get_data(as_text=True)
+    assert cells(table_row(month, "respirator"))[:3] == ["5", "1", "1"]
+    for bad in ("abc", "-3", "0", "99999"):
+        response = client.get(f"/admin/feedback?days={bad}", headers=basic())
+        assert response.status_code == 200
+
+    rows = list(
+        csv.reader(
+            io.StringIO(
+                client.get("/admin/feedback.csv?days=7", headers=basic()).get_data(as_text=True)
+            )
+        )
+    )
+    assert rows[0] == ["date", "card_kind", "event", "override_reason", "count"]
+    assert rows[1:] == [
+        [(today - timedelta(days=6)).isoformat(), "respirator", "shown", "", "1"],
+        [(today - timedelta(days=1)).isoformat(), "respirator", "accepted", "", "1"],
+        [(today - timedelta(days=1)).isoformat(), "respirator", "shown", "", "2"],
+        [today.isoformat(), "respirator", "overridden", "measures-in-place", "1"],
+        [today.isoformat(), "respirator", "shown", "", "1"],
+    ]
+
+
+def test_unknown_reasons_are_counted_as_other_and_free_text_never_shown(make_app: Any) -> None:
+    app = dashboard_app(make_app)
+    seed(app, [(NOW.date(), "respirator", "overridden", "Ola Nordmann 01019912345")])
+    client = app.test_client()
+    html = client.get("/admin/feedback", headers=basic()).get_data(as_text=True)
+    text = client.get("/admin/feedback.csv", headers=basic()).get_data(as_text=True)
+    for page in (html, text):
+        assert "Ola Nordmann" not in page
+        assert "01019912345" not in page
+    assert "other: 1" in table_row(html, "respirator")
+    assert "respirator,overridden,other,1" in text
+
+
+def _formula_kind(request: HookRequest, data: PrefetchData) -> Evaluation:
+    card = Card(summary="x", indicator="info", source=Source(label="t", topic=Coding(code="=1+1")))
+    return Evaluation([IssuedCard(card=card, finding="formula")])
+
+
+def test_csv_cells_never_start_a_formula(make_app: Any) -> None:
+    registry = ServiceRegistry(
+        [
+            CdsService(
+                id="formula",
+                hook="patient-view",
+                title="t",
+                description="d",
+                prefetch={},
+                evaluate=_formula_kind,
+            )
+        ]
+    )
+    app = dashboard_app(make_app, CDS_REGISTRY=registry)
+    app.extensions["cds_suppression"].clock = lambda: datetime.now(UTC)
+    client = app.test_client()
+    body = {"hook": "patient-view", "hookInstance": "h", "context": {"patientId": "p"}}
+    assert client.post("/cds-services/formula", json=body).status_code == 200
+    response = client.get("/admin/feedback.csv", headers=basic())
+    assert response.mimetype == "text/csv"
+    assert "attachment" in response.headers["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    assert rows[1][1] == "'=1+1"
+
+
+def test_empty_period_renders(make_app: Any) -> None:
+    client = dashboard_app(make_app).test_client()
+    html = client.get("/admin/feedback", headers=basic()).get_data(as_text=True)
+    assert "No cards were shown in this period." in html
+    assert "No card was overridden in this period." in html
+
+
+def test_chart_bars_scale_to_the_peak(make_app: Any) -> None:
+    app = dashboard_app(make_app)
+    today = NOW.date()
+    seed(
+        app,
+        [(today, "respirator", None, None)] * 4
+        + [(today - timedelta(days=2), "respirator", None, None)] * 2,
+    )
+    report = build_report(
+        app.extensions["cds_store"].engine, now=NOW, days=7, kind_labels={}, reason_labels={}
+    )
+    chart = daily_chart(report, report.kinds[0].daily, width=460, height=140)
+    heights = sorted(bar.height for bar in chart.bars)
+    assert chart.peak == 4
+    assert len(heights) == 2
+    assert heights[1] == pytest.approx(2 * heights[0])
+    assert heights[1] == pytest.approx(chart.plot_bottom - chart.plot_top)
