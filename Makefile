@@ -25,7 +25,7 @@ run: $(STAMP)
 	CDS_ALLOW_UNSIGNED=$${CDS_ALLOW_UNSIGNED:-1} $(BIN)/mkopper-cds serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check plugin cds_hooks tests
+	$(BIN)/ruff check plugin cds_hooks tests bench
 	$(BIN)/ruff format --check plugin cds_hooks
 
 typecheck: $(STAMP)
