@@ -1,0 +1,217 @@
+"""`mkopper-cds seed`: what was created or already there, and clear refusals.
+
+The first part mocks the FHIR server with ``responses``; the tests marked
+``fhir_server`` load the synthetic patients into the real FHIR test server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import fhirserver
+import pytest
+import requests
+import responses
+from cli_support import run_command
+from fhirserver import FhirTestServer, require_server
+
+from plugin.client_http import EXIT_REFUSED, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, EXIT_USAGE
+from plugin.seed_cmd import Seeder, SyntheticPatient, load_patients
+
+fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
+fhir_store = fhirserver.fhir_store
+
+FHIR = "http://fhir.test.example/r4"
+FAMILY = "Testesen-Innhold"  # content that must never show in an error
+
+
+def patient_bundle() -> SyntheticPatient:
+    resources = [
+        {"resourceType": "Patient", "id": "p1", "name": [{"family": FAMILY}]},
+        {"resourceType": "Encounter", "id": "e1", "status": "in-progress"},
+        {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}},
+    ]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in resources
+        ],
+    }
+    return SyntheticPatient("p1", "test patient", bundle)
+
+
+def answer(status: str, resource: dict[str, Any] | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"response": {"status": status}}
+    if resource is not None:
+        entry["resource"] = resource
+    return entry
+
+
+@pytest.fixture
+def mock() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+def test_the_summary_says_what_was_new_changed_or_already_there(
+    mock: responses.RequestsMock,
+) -> None:
+    patient = patient_bundle()
+    stored_patient = {
+        **patient.entries[0]["resource"],
+        "meta": {"versionId": "7", "lastUpdated": "2026-01-01T00:00:00Z"},
+    }
+    stored_encounter = {**patient.entries[1]["resource"], "status": "finished"}
+    batch = {"resourceType": "Bundle", "type": "batch-response", "entry": [
+        answer("200 OK", stored_patient), answer("200", stored_encounter), answer("404")]}
+    done = {"resourceType": "Bundle", "type": "transaction-response",
+            "entry": [answer("200"), answer("200"), answer("201")]}
+    mock.post(f"{FHIR}/", json=batch)
+    mock.post(f"{FHIR}/", json=done)
+    with requests.Session() as session:
+        outcome = Seeder(FHIR, None, session).seed(patient)
+    assert outcome.unchanged == ["Patient/p1"]
+    assert outcome.updated == ["Encounter/e1"]
+    assert outcome.created == ["Condition/c1"]
+    assert outcome.error is None
+    sent = [json.loads(c.request.body) for c in mock.calls]
+    assert [e["request"]["method"] for e in sent[0]["entry"]] == ["GET"] * 3
+    assert sent[1]["type"] == "transaction"
+
+
+def test_without_a_batch_read_the_transaction_statuses_are_used(
+    mock: responses.RequestsMock,
+) -> None:
+    mock.post(f"{FHIR}/", status=400, json={"resourceType": "OperationOutcome", "issue": []})
+    mock.post(f"{FHIR}/", json={"resourceType": "Bundle", "type": "transaction-response",
+                                "entry": [answer("201 Created"), answer("200"), answer("200")]})
+    with requests.Session() as session:
+        outcome = Seeder(FHIR, "tok", session).seed(patient_bundle())
+    assert outcome.created == ["Patient/p1"]
+    assert outcome.written == ["Encounter/e1", "Condition/c1"]
+    assert mock.calls[1].request.headers["Authorization"] == "Bearer tok"
+
+
+def test_a_refused_entry_is_named_by_type_and_id_only(mock: responses.RequestsMock) -> None:
+    refusal = {"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "value",
+        "expression": ["Bundle.entry[2].resource.subject"],
+        "details": {"text": "Invalid reference"}}]}
+    mock.post(f"{FHIR}/", json={"resourceType": "Bundle", "type": "batch-response",
+                                "entry": [answer("404")] * 3})
+    mock.post(f"{FHIR}/", status=400, json=refusal)
+    with requests.Session() as session:
+        outcome = Seeder(FHIR, None, session).seed(patient_bundle())
+    assert outcome.error is not None
+    assert "Condition/c1" in outcome.error and "Invalid reference" in outcome.error
+    assert "HTTP 400" in outcome.error
+    assert FAMILY not in outcome.error and "Patient/p1" not in outcome.error
+    assert outcome.created == []
+
+
+def test_an_unplaced_refusal_is_traced_with_validate(mock: responses.RequestsMock) -> None:
+    ok = {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "information", "code": "informational"}]}
+    bad = {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "required", "expression": ["Encounter.class"],
+         "details": {"text": "Missing required property"}}]}
+    mock.post(f"{FHIR}/", status=500, json={})  # no batch read
+    mock.post(f"{FHIR}/", status=422, json={"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "processing"}]})
+    mock.post(f"{FHIR}/Patient/$validate", json=ok)
+    mock.post(f"{FHIR}/Encounter/$validate", json=bad)
+    mock.post(f"{FHIR}/Condition/$validate", json=ok)
+    with requests.Session() as session:
+        outcome = Seeder(FHIR, None, session).seed(patient_bundle())
+    assert outcome.error == (
+        "the server refused the transaction (HTTP 422); refused: Encounter/e1 "
+        "(required at Encounter.class: Missing required property)"
+    )
+
+
+def test_the_package_holds_every_indexed_patient() -> None:
+    patients = load_patients()
+    ids = [p.id for p in patients]
+    assert "mk-large-record" in ids and len(ids) == len(set(ids)) >= 10
+    for patient in patients:
+        assert patient.bundle["type"] == "transaction"
+        assert all(e["request"]["method"] == "PUT" for e in patient.entries)
+
+
+def test_an_unknown_patient_is_a_usage_error(capsys: Any) -> None:
+    code, _out, err = run_command(["seed", "--fhir-server", FHIR, "--patient", "nobody"], capsys)
+    assert code == EXIT_USAGE
+    assert "no synthetic patient nobody" in err
+
+
+def test_a_401_says_to_give_a_token(mock: responses.RequestsMock, capsys: Any) -> None:
+    mock.get(f"{FHIR}/metadata", status=401)
+    code, _out, err = run_command(["seed", "--fhir-server", FHIR, "--token", "wrong-tok"], capsys)
+    assert code == EXIT_UNAUTHORIZED
+    assert "HTTP 401" in err and "--token" in err and "wrong-tok" not in err
+    assert len(mock.calls) == 1  # nothing written
+
+
+def test_an_unreachable_server_exits_3(capsys: Any) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, _out, err = run_command(["seed", "--fhir-server", f"http://127.0.0.1:{port}"], capsys)
+    assert code == EXIT_UNREACHABLE
+    assert "cannot connect" in err
+
+
+# --- the real FHIR test server ---------------------------------------------------------------
+
+
+@pytest.mark.fhir_server
+def test_seeding_twice_creates_once(fhir_store: FhirTestServer, capsys: Any) -> None:
+    # The server validates every write against R4: the synthetic patients pass.
+    total = sum(len(p.entries) for p in load_patients())
+    argv = ["seed", "--fhir-server", fhir_store.base_url]
+    code, out, err = run_command(argv, capsys)
+    assert code == 0, err
+    assert f"{total} created, 0 updated, 0 already there" in out
+    code, out, err = run_command(argv, capsys)
+    assert code == 0, err
+    assert f"0 created, 0 updated, {total} already there" in out
+    status, body = fhir_store.request("GET", "/Patient/mk-confirmed-inpatient")
+    assert status == 200 and body["id"] == "mk-confirmed-inpatient"
+
+
+@pytest.mark.fhir_server
+def test_a_refusing_server_names_the_resources(
+    fhir_store: FhirTestServer, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = patient_bundle()
+    broken.entries[1]["resource"]["status"] = "not-a-status"  # refused by R4 validation
+    monkeypatch.setattr("plugin.seed_cmd.load_patients", lambda _only=None: [broken])
+    code, _out, err = run_command(["seed", "--fhir-server", fhir_store.base_url], capsys)
+    assert code == EXIT_REFUSED
+    assert "p1: the server refused the transaction (HTTP 400)" in err
+    assert "Encounter/e1" in err
+    assert "Patient/p1" not in err and "Condition/c1" not in err
+    assert FAMILY not in err
+    status, _ = fhir_store.request("GET", "/Patient/p1")
+    assert status == 404  # the transaction stored nothing
+
+
+@pytest.mark.fhir_server
+def test_a_guarded_server_needs_the_token(capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_server()
+    server = FhirTestServer(token="seed-token").start()
+    try:
+        argv = ["seed", "--fhir-server", server.base_url, "--patient", "mk-control"]
+        code, _out, err = run_command(argv, capsys)
+        assert code == EXIT_UNAUTHORIZED, err
+        monkeypatch.setenv("CDS_FHIR_TOKEN", "seed-token")
+        code, out, err = run_command(argv, capsys)
+        assert code == 0, err
+        assert "5 created" in out
+    finally:
+        server.stop()
