@@ -36,6 +36,7 @@ from flask import Flask, current_app
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from cds_hooks.knowledge import Knowledge, Language, load_knowledge
 from cds_hooks.models import FeedbackItem, HookRequest
 from cds_hooks.services import Evaluation, IssuedCard
 from plugin.config import as_list, data_dir
@@ -176,21 +177,16 @@ class Policy:
         return self.status_bound is None or finding in self.status_bound
 
 
-def policy_from_knowledge(knowledge: Any, language: str = "nb") -> Policy:
-    """Read the policy from loaded guideline content (cds_hooks.knowledge.Knowledge)."""
+def policy_from_knowledge(knowledge: Knowledge, language: Language = "nb") -> Policy:
+    """Read the policy from the loaded guideline content."""
     content = knowledge.content
     reasons = content.override_reasons
     findings = content.findings
-    per_encounter = frozenset(
-        key for key, f in findings.items() if getattr(f, "suppress_per_encounter", False)
-    )
-    # A status change is a new clinical situation: unless the content says which kinds are
-    # bound to the status, every suppressed card comes back when it changes.
-    flags = {key: getattr(f, "resurface_on_status_change", None) for key, f in findings.items()}
-    status_bound = (
-        None
-        if all(flag is None for flag in flags.values())
-        else frozenset(key for key, flag in flags.items() if flag)
+    per_encounter = frozenset(key for key, f in findings.items() if f.suppress_per_encounter)
+    # A status change is a new clinical situation: a kind comes back when it changes unless
+    # the content says otherwise (resurface_on_status_change = false).
+    status_bound = frozenset(
+        key for key, f in findings.items() if f.resurface_on_status_change is not False
     )
     return Policy(
         reason_hours={code: int(reason.suppress_hours) for code, reason in reasons.items()},
@@ -202,10 +198,8 @@ def policy_from_knowledge(knowledge: Any, language: str = "nb") -> Policy:
 
 
 def policy_from_settings(settings: Mapping[str, Any]) -> Policy:
-    from cds_hooks.knowledge import load_knowledge
-
     knowledge = load_knowledge(settings.get("CDS_CONTENT_FILE") or None)
-    language = str(settings.get("CDS_LANGUAGE") or "nb")
+    language: Language = "en" if settings.get("CDS_LANGUAGE") == "en" else "nb"
     return policy_from_knowledge(knowledge, language)
 
 

@@ -6,6 +6,7 @@ import os
 import stat
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -350,6 +351,24 @@ def test_policy_reads_hours_from_content() -> None:
         assert policy.reason_labels[code] == reason.display.nb
     assert policy.hours_for("no-such-reason") == 0
     assert policy.hours_for(None) == 0
+
+
+def test_policy_reads_kind_flags_from_content() -> None:
+    knowledge = load_knowledge()
+    findings = knowledge.content.findings
+    policy = policy_from_knowledge(knowledge)
+    per_encounter = {key for key, finding in findings.items() if finding.suppress_per_encounter}
+    assert per_encounter  # the shipped content has per-encounter kinds
+    assert policy.per_encounter == per_encounter
+    # Unless the content says otherwise, every kind comes back when the status changes.
+    assert all(policy.is_status_bound(key) for key in findings)
+
+    key = sorted(findings)[0]
+    changed = findings[key].model_copy(update={"resurface_on_status_change": False})
+    content = knowledge.content.model_copy(update={"findings": {**findings, key: changed}})
+    edited = policy_from_knowledge(replace(knowledge, content=content))
+    assert not edited.is_status_bound(key)
+    assert all(edited.is_status_bound(other) for other in findings if other != key)
 
 
 def test_policy_is_loaded_lazily_once(tmp_path: Path) -> None:

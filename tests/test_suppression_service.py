@@ -1,0 +1,80 @@
+"""Suppression with the real guideline services and content: codes on the cards line up."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from flask.testing import FlaskClient
+
+CASE = (
+    Path(__file__).parent
+    / "cases"
+    / "mkopper-problem-list-item-create"
+    / "suspected-snomed-inpatient"
+    / "request.json"
+)
+SERVICE = "mkopper-problem-list-item-create"
+
+
+def suspected_request() -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(CASE.read_text(encoding="utf-8"))
+    return body
+
+
+def confirmed_request() -> dict[str, Any]:
+    body = copy.deepcopy(suspected_request())
+    for entry in body["context"]["conditions"]["entry"]:
+        for coding in entry["resource"]["verificationStatus"]["coding"]:
+            coding["code"] = "confirmed"
+    return body
+
+
+def cards_by_kind(client: FlaskClient, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    response = client.post(f"/cds-services/{SERVICE}", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return {card["source"]["topic"]["code"]: card for card in response.get_json()["cards"]}
+
+
+def override_with(client: FlaskClient, card: dict[str, Any], reason_code: str) -> None:
+    # The reason exactly as the card offered it, as an EHR would send it back.
+    reason = next(r for r in card["overrideReasons"] if r["code"] == reason_code)
+    body = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "overrideReason": {"reason": reason},
+                "outcomeTimestamp": "2026-11-25T10:15:00Z",
+            }
+        ]
+    }
+    response = client.post(f"/cds-services/{SERVICE}/feedback", json=body)
+    assert response.status_code == 200
+
+
+def test_overriding_the_notification_card_suppresses_it(make_app: Any) -> None:
+    client = make_app().test_client()
+    first = cards_by_kind(client, suspected_request())
+    assert {"notify-municipal-doctor", "isolation-inpatient"} <= set(first)
+    override_with(client, first["notify-municipal-doctor"], "already-notified")
+    second = cards_by_kind(client, suspected_request())
+    assert "notify-municipal-doctor" not in second
+    assert "isolation-inpatient" in second
+
+
+def test_a_reason_without_hours_keeps_the_card(make_app: Any) -> None:
+    client = make_app().test_client()
+    first = cards_by_kind(client, suspected_request())
+    override_with(client, first["notify-municipal-doctor"], "not-relevant-for-contact")
+    assert "notify-municipal-doctor" in cards_by_kind(client, suspected_request())
+
+
+def test_confirmation_brings_the_notification_back(make_app: Any) -> None:
+    client = make_app().test_client()
+    first = cards_by_kind(client, suspected_request())
+    override_with(client, first["notify-municipal-doctor"], "already-notified")
+    assert "notify-municipal-doctor" not in cards_by_kind(client, suspected_request())
+    assert "notify-municipal-doctor" in cards_by_kind(client, confirmed_request())
