@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from flask import Flask
@@ -429,3 +430,18 @@ def test_jwks_file_is_read_relative_to_the_clients_file(make_app: Any, tmp_path:
     app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
                    CDS_TRUSTED_CLIENTS=str(path))
     assert call(app.test_client(), RS384.token(SERVICE_URL)).status_code == 200
+
+
+def test_attack_rsa_key_under_2048_bits(make_app: Any, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.jwt_keys import SigningKey
+
+    weak = SigningKey(kid="weak", alg="RS384",
+                      private_key=rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    path = write_trusted_clients(tmp_path, [{"iss": ISSUER, "jwks": weak.jwks()}])
+    app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
+                   CDS_TRUSTED_CLIENTS=str(path))
+    with pytest.warns(jwt.InsecureKeyLengthWarning):
+        token = weak.token(SERVICE_URL)  # PyJWT warns when signing; the service refuses
+    assert_401(call(app.test_client(), token))
