@@ -391,20 +391,22 @@ def hook_requests(session: Mapping[str, Any]) -> list[HookRequest]:
         subject=client_id(),
         patient=session["patient"],
     )
-    contexts: list[tuple[str, dict[str, Any]]] = [(PATIENT_HOOK, {"patientId": session["patient"]})]
+    # patient-view carries the encounter too when there is one (the hook's optional
+    # encounterId), so both hooks judge the same care setting and their cards coincide.
+    context: dict[str, Any] = {"patientId": session["patient"]}
+    hooks = [PATIENT_HOOK]
     if session.get("encounter"):
-        contexts.append(
-            (ENCOUNTER_HOOK, {"patientId": session["patient"], "encounterId": session["encounter"]})
-        )
+        context["encounterId"] = session["encounter"]
+        hooks.append(ENCOUNTER_HOOK)
     return [
         HookRequest(
             hook=hook,
             hookInstance=str(uuid.uuid4()),
             fhirServer=session["iss"],
             fhirAuthorization=authorization,
-            context=context,
+            context=dict(context),
         )
-        for hook, context in contexts
+        for hook in hooks
     ]
 
 

@@ -2,9 +2,10 @@
 
 Card detail is CDS Hooks markdown from the guideline content. Only the subset
 the content uses is rendered (paragraphs, ``-`` lists, ``**bold**``,
-``*emphasis*`` and ``[label](https://...)`` links); everything else stays
-plain text, and every piece of text is HTML-escaped before markup is added,
-so content can never inject HTML into the page.
+``*emphasis*``, ``_emphasis_``, ``---`` rules and ``[label](https://...)``
+links); everything else stays plain text, and every piece of text is
+HTML-escaped before markup is added, so content can never inject HTML into
+the page.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ _LIST_ITEM = re.compile(r"^\s*[-*]\s+(.*)$")
 _LINK = re.compile(r"\[([^\]\n]+)\]\((https://[^\s)]+)\)")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _EMPHASIS = re.compile(r"(?<![*\w])\*(?!\s)(.+?)(?<!\s)\*(?![*\w])")
+_UNDERSCORE = re.compile(r"(?<![_\w])_(?!\s)(.+?)(?<!\s)_(?![_\w])")
+_RULE = re.compile(r"^(?:-{3,}|\*{3,}|_{3,})$")
 
 
 @lru_cache(maxsize=1)
@@ -45,10 +48,11 @@ def page_texts(language: str) -> Mapping[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """A paragraph (``items`` empty) or a checklist (``text`` empty)."""
+    """A paragraph (``text``), a checklist (``items``) or a thematic break (``rule``)."""
 
     text: Markup | None = None
     items: tuple[Markup, ...] = ()
+    rule: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +71,29 @@ class CardView:
     source: str
 
 
-def inline(text: str) -> Markup:
-    """Escape ``text``, then turn the inline markdown the content uses into markup."""
-    html = str(escape(text))
-    html = _LINK.sub(
-        lambda m: (
-            f'<a href="{m.group(2)}" rel="noopener noreferrer" target="_blank">{m.group(1)}</a>'
-        ),
-        html,
-    )
+def _emphasis(html: str) -> str:
     html = _BOLD.sub(r"<strong>\1</strong>", html)
     html = _EMPHASIS.sub(r"<em>\1</em>", html)
-    return Markup(html)  # noqa: S704 - built from escaped text only
+    return _UNDERSCORE.sub(r"<em>\1</em>", html)
+
+
+def inline(text: str) -> Markup:
+    """Escape ``text``, then turn the inline markdown the content uses into markup.
+
+    Emphasis is applied outside link URLs only, so an underscore in a URL stays as it is.
+    """
+    html = str(escape(text))
+    out: list[str] = []
+    position = 0
+    for link in _LINK.finditer(html):
+        out.append(_emphasis(html[position : link.start()]))
+        out.append(
+            f'<a href="{link.group(2)}" rel="noopener noreferrer" target="_blank">'
+            f"{_emphasis(link.group(1))}</a>"
+        )
+        position = link.end()
+    out.append(_emphasis(html[position:]))
+    return Markup("".join(out))  # noqa: S704 - built from escaped text only
 
 
 def blocks(markdown: str | None) -> tuple[Block, ...]:
@@ -99,6 +114,10 @@ def blocks(markdown: str | None) -> tuple[Block, ...]:
         line = raw.strip()
         if not line:
             flush()
+            continue
+        if _RULE.match(line):
+            flush()
+            out.append(Block(rule=True))
             continue
         item = _LIST_ITEM.match(line)
         if item:

@@ -8,6 +8,7 @@ the one browser hop (the EHR's authorize endpoint) with requests.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -246,6 +247,21 @@ def test_page_without_a_session_says_it_expired(smart_app: Flask) -> None:
     assert problem(response) == "session-expired"
 
 
+def test_session_ends_with_the_token(make_app: Any) -> None:
+    short = SmartEhr(UNUSED_UPSTREAM, token_lifetime=1).start()
+    try:
+        short.register_client("mkopper-cds", CALLBACK)
+        app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOWED_FHIR_SERVERS=short.fhir_base)
+        client = app.test_client()
+        open_session(client, short, "p1")
+        time.sleep(1.2)
+        response = client.get("/smart/")
+        assert response.status_code == 401
+        assert problem(response) == "session-expired"
+    finally:
+        short.stop()
+
+
 def test_pages_carry_a_strict_csp(smart_app: Flask, ehr: SmartEhr) -> None:
     client = smart_app.test_client()
     for response in (
@@ -327,6 +343,17 @@ def test_detail_lists_become_checklists_and_html_is_escaped() -> None:
     assert "&lt;script&gt;" in last
 
 
+def test_rules_and_underscore_emphasis_outside_urls() -> None:
+    blocks = smart_render.blocks(
+        "Tekst.\n\n---\n_Kilde: punkt 5.2._ [a_b_c](https://example.org/x_y_z)"
+    )
+    assert [b.rule for b in blocks] == [False, True, False]
+    last = str(blocks[2].text)
+    assert last.startswith("<em>Kilde: punkt 5.2.</em> ")
+    assert 'href="https://example.org/x_y_z"' in last
+    assert ">a_b_c</a>" in last
+
+
 def test_cards_sort_most_urgent_first() -> None:
     from cds_hooks.models import Card, Source
 
@@ -400,19 +427,18 @@ def test_fhir_server_down_gives_a_retry_page(
 
 
 @pytest.mark.fhir_server
-def test_token_refused_by_the_ehr_ends_the_session(
+def test_token_refused_by_the_ehr_asks_to_reopen(
     make_app: Any, fhir_store: FhirTestServer, fhir_ehr: SmartEhr
 ) -> None:
     app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOWED_FHIR_SERVERS=fhir_ehr.fhir_base)
     client = app.test_client()
     open_session(client, fhir_ehr, "p1")
     assert client.get("/smart/").status_code == 200
-    fhir_ehr.expire_tokens()
+    fhir_ehr.expire_tokens()  # revoked by the EHR before its expires_in
     response = client.get("/smart/")
-    assert response.status_code == 401
-    assert problem(response) == "session-expired"
-    fhir_ehr.tokens.clear()
-    assert problem(client.get("/smart/")) == "session-expired"
+    assert response.status_code == 502
+    assert problem(response) == "fhir-unavailable"
+    assert "Åpne appen på nytt fra pasientens journal." in response.get_data(as_text=True)
 
 
 @pytest.mark.fhir_server
