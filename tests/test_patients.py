@@ -10,7 +10,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import fhirserver
 import pytest
+from fhirserver import FhirTestServer
 
 from cds_hooks.fhir import parse_resource
 from cds_hooks.knowledge import default_content_path, load_content, load_valuesets
@@ -18,6 +20,9 @@ from cds_hooks.knowledge import default_content_path, load_content, load_valuese
 ROOT = Path(__file__).resolve().parent.parent
 PATIENTS = ROOT / "fhir_profiles" / "patients"
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
+
+fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
+fhir_store = fhirserver.fhir_store
 
 # Systems whose codes are clinical: every code from them must be in one of our ValueSets,
 # which hold only codes the project verified.
@@ -302,3 +307,32 @@ def test_patient_view_gives_the_expected_cards(knowledge: Any, entry: dict[str, 
     service.check_request(request)
     evaluation = service.evaluate(request, resolve(service, request))
     assert sorted(item.finding for item in evaluation.issued) == sorted(entry["expectedCards"])
+
+
+# --- loading into a FHIR server ---------------------------------------------------------------
+
+
+def _without_meta(resource: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in resource.items() if key not in ("meta", "text")}
+
+
+@pytest.mark.fhir_server
+def test_loading_every_bundle_twice_changes_nothing(fhir_store: FhirTestServer) -> None:
+    stored: dict[str, dict[str, Any]] = {}
+    for round_ in (1, 2):
+        for path in bundle_files():
+            status, body = fhir_store.request("POST", "/", read(path))
+            assert status == 200, f"{path.name}: {json.dumps(body)[:500]}"
+            assert body["type"] == "transaction-response"
+        for path in bundle_files():
+            for resource in resources(read(path)):
+                key = f"{resource['resourceType']}/{resource['id']}"
+                status, body = fhir_store.request("GET", f"/{key}")
+                assert status == 200, key
+                if round_ == 1:
+                    stored[key] = _without_meta(body)
+                else:
+                    assert _without_meta(body) == stored[key], key
+    status, body = fhir_store.request("GET", "/Patient?_summary=count")
+    assert status == 200
+    assert body["total"] == len(bundle_files())
