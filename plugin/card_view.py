@@ -21,7 +21,7 @@ STYLES = {"critical": "bold red", "warning": "bold yellow", "info": "bold blue"}
 
 
 def _card_body(card: Card) -> RenderableType:
-    parts: list[RenderableType] = []
+    parts: list[RenderableType] = [Text(card.summary, style="bold")]
     if card.detail:
         parts.append(Markdown(card.detail))
     source = Text("Source: ", style="dim")
@@ -60,7 +60,8 @@ def _card_body(card: Card) -> RenderableType:
 
 def card_panel(card: Card) -> Panel:
     style = STYLES.get(card.indicator, "bold")
-    title = Text.assemble((card.indicator.upper(), style), "  ", card.summary)
+    # The summary goes in the body: a panel title is cut to one line.
+    title = Text(card.indicator.upper(), style=style)
     return Panel(_card_body(card), title=title, title_align="left", border_style=style)
 
 
