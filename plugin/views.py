@@ -1,6 +1,6 @@
 """HTTP views: discovery, service calls, feedback, health.
 
-A service call runs in phases (auth, parse, prefetch, rules, storage); each is
+A service call runs in phases (auth, parse, prefetch, rules, storage, cards); each is
 timed and the totals go into one structured log line per call, which never
 carries a patient id, a token or resource content.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,6 +65,25 @@ def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     return details[:20]
 
 
+# JSON may escape a lone UTF-16 surrogate ("\\ud800"): valid JSON, but not text that can be
+# encoded again (ids are hashed and put into URLs). Only a body with such an escape is walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
 def parse_body(model: type[ModelT]) -> ModelT:
     """Parse the JSON body into ``model``; 415/400 name what is wrong, never the value."""
     if not request.mimetype or request.mimetype != "application/json":
@@ -75,6 +95,8 @@ def parse_body(model: type[ModelT]) -> ModelT:
         raise InvalidRequest("The body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The body must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(data):
+        raise InvalidRequest("The body contains text that is not valid Unicode.")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -109,7 +131,6 @@ def call_service(service_id: str) -> Response:
     metrics.count_prefetch(service.id, data.failed)
     with phase("rules"):
         evaluation = service.evaluate(hook_request, data)
-    metrics.count_cards(service.id, (item.finding for item in evaluation.issued))
     with phase("storage"):
         # Cards a clinician overrode for this patient stay away (plugin/suppression.py).
         issued = suppression.get_suppressions().issue(
@@ -129,7 +150,9 @@ def call_service(service_id: str) -> Response:
         )
     g.call_log["cards"] = len(issued)
     g.call_log["suppressed"] = len(evaluation.issued) - len(issued)
-    return jsonify(CdsResponse(cards=[item.card for item in issued]).wire())
+    metrics.count_cards(service.id, (item.finding for item in issued))
+    with phase("cards"):
+        return jsonify(CdsResponse(cards=[item.card for item in issued]).wire())
 
 
 def resolve_data(service: CdsService, hook_request: HookRequest) -> PrefetchData:
