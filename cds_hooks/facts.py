@@ -222,7 +222,7 @@ def _instant(value: Any) -> dt.datetime | None:
         if parsed is None:
             year, month, day = [*(int(part) for part in text.split("-")), 1, 1][:3]
             parsed = dt.datetime(year, month, day)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
@@ -283,7 +283,8 @@ def _care_setting(
     # R5-shaped Encounters cannot validate as R4; they are read field by field instead.
     if not r5_shape and not _validates(encounter, "Encounter"):
         return CareSetting.UNKNOWN, (), 1
-    if encounter.get("status") in _ENCOUNTER_VOID:
+    status = encounter.get("status")
+    if not isinstance(status, str) or status in _ENCOUNTER_VOID:
         return CareSetting.UNKNOWN, (), 0
     concepts = _encounter_concepts(encounter)
     for setting, name in _SETTING_VALUESETS:

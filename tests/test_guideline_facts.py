@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cds_hooks.facts import CareSetting, Sources, Status, derive_facts, names_mkopper
 from cds_hooks.knowledge import default_content_path, load_knowledge
@@ -368,3 +370,64 @@ def test_secondary_aerosol_procedures_when_content_includes_them(tmp_path: Path)
     for code in ("48387007", "89666000", "47545007", "56251003"):
         facts = derive_facts(knowledge, Sources(orders=[order(code)]))
         assert facts.aerosol_procedure_ordered is True, code
+
+
+# --- Hostile data never crashes --------------------------------------------------------------
+
+
+_leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=12)
+_json = st.recursive(
+    _leaf,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+# Resources that look enough like ours to pass the code filter, with anything elsewhere.
+_resource = st.fixed_dictionaries(
+    {
+        "resourceType": st.sampled_from(
+            ["Condition", "Observation", "Encounter", "ServiceRequest"]
+        ),
+        "code": st.sampled_from(
+            [
+                MPOX,
+                {"text": "apekopper"},
+                {"coding": [{"system": LOINC, "code": "100383-9"}]},
+                {"coding": [{"system": SCT, "code": "10847001"}]},
+            ]
+        ),
+    },
+    optional={
+        "id": _json,
+        "status": _json,
+        "class": _json,
+        "type": _json,
+        "verificationStatus": _json,
+        "clinicalStatus": _json,
+        "valueCodeableConcept": _json,
+        "effectiveDateTime": _json,
+        "orderDetail": _json,
+        "subject": _json,
+    },
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    resources=st.lists(_resource | _json, max_size=5), encounter_id=st.none() | st.text(max_size=4)
+)
+def test_hostile_resources_never_crash(
+    knowledge: Any, resources: list[Any], encounter_id: str | None
+) -> None:
+    facts = derive_facts(
+        knowledge,
+        Sources(
+            conditions=resources,
+            observations=resources,
+            encounters=resources,
+            encounter_id=encounter_id,
+            orders=resources,
+        ),
+    )
+    assert facts.status in set(Status)
