@@ -23,6 +23,7 @@ STYLES = {"critical": "bold red", "warning": "bold yellow", "info": "bold blue"}
 def _card_body(card: Card) -> RenderableType:
     parts: list[RenderableType] = [Text(card.summary, style="bold")]
     if card.detail:
+        parts.append(Text(""))
         parts.append(Markdown(card.detail))
     source = Text("Source: ", style="dim")
     source.append(card.source.label)
