@@ -253,6 +253,11 @@ def init_app(app: Flask) -> None:
     else:
         log.info("Trusting %d CDS client(s); algorithms %s.",
                  len(clients), ",".join(sorted(algorithms)))
+    if clients and not app.config["CDS_PUBLIC_URL"]:
+        # Without it the audience is built from the Host header, which the caller chooses:
+        # a token the EHR made for another service with the same path could be replayed here.
+        log.warning("CDS_PUBLIC_URL is not set: the JWT audience is taken from the request's "
+                    "Host header. Set it in production.")
 
 
 def authenticate(request: Request) -> Caller | None:

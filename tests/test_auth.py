@@ -445,3 +445,16 @@ def test_attack_rsa_key_under_2048_bits(make_app: Any, tmp_path: Path) -> None:
     with pytest.warns(jwt.InsecureKeyLengthWarning):
         token = weak.token(SERVICE_URL)  # PyJWT warns when signing; the service refuses
     assert_401(call(app.test_client(), token))
+
+
+def test_missing_public_url_is_warned_about_when_clients_are_trusted(
+        make_app: Any, clients_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="plugin.auth"):
+        make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
+                 CDS_TRUSTED_CLIENTS=str(clients_file))
+    assert any("CDS_PUBLIC_URL" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="plugin.auth"):
+        make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
+                 CDS_TRUSTED_CLIENTS=str(clients_file), CDS_PUBLIC_URL="https://cds.example.org")
+    assert not any("CDS_PUBLIC_URL" in r.getMessage() for r in caplog.records)
