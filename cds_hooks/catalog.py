@@ -5,7 +5,9 @@ FHIR server where search allows:
 
 - ``conditions``: the patient's active Conditions *without* a code filter. Norwegian records often
   carry m-kopper as text only, and a text-only Condition cannot be found by code search; the
-  service filters by code and text itself (cheap: raw dicts, before validation).
+  service filters by code and text itself (cheap: raw dicts, before validation). The search
+  asks for clinical-status active, recurrence or relapse; a Condition without clinicalStatus
+  (R4 allows this outside the problem list) is only seen when the EHR sends it in prefetch.
 - ``observations``: Observations with the LOINC codes of ``mkopper-laboratory-tests``.
 - ``encounter``: the hook's Encounter (care setting).
 - ``aerosolOrders``: active ServiceRequests with aerosol-generating procedure codes.
