@@ -31,6 +31,7 @@ from plugin.client_http import (
     EXIT_USAGE,
     CommandError,
     auth_error,
+    base_url,
     json_of,
     new_session,
     send,
@@ -247,6 +248,8 @@ def call(args: argparse.Namespace, settings: dict[str, Any], out: Console, err: 
     service_url = args.service or str(settings.get("CDS_SERVICE_URL") or "")
     if not service_url:
         raise CommandError("give --service BASE_URL or set CDS_SERVICE_URL", EXIT_USAGE)
+    service_url = base_url(service_url, "--service")
+    fhir_server = base_url(args.fhir_server, "--fhir-server")
     key = load_or_create(data_dir(settings))
     with new_session("mkopper-cds-call") as session:
         caller = CdsCaller(service_url, key, session)
@@ -255,7 +258,7 @@ def call(args: argparse.Namespace, settings: dict[str, Any], out: Console, err: 
         templates = service.get("prefetch") or {}
         prefetch: dict[str, Any] | None = None
         if not args.no_prefetch and templates:
-            reader = PrefetchReader(session, args.fhir_server, token)
+            reader = PrefetchReader(session, fhir_server, token)
             fetched = reader.read_all(templates, context)
             for note in fetched.notes:
                 err.print(escape(note), style="yellow")
@@ -264,7 +267,7 @@ def call(args: argparse.Namespace, settings: dict[str, Any], out: Console, err: 
         body = build_request(
             call_input,
             hook_instance=str(uuid.uuid4()),
-            fhir_server=args.fhir_server,
+            fhir_server=fhir_server,
             context=context,
             prefetch=prefetch,
             authorization=authorization,

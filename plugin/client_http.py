@@ -13,6 +13,8 @@ from typing import Any
 
 import requests
 
+from cds_hooks.fhir import normalise_base
+
 EXIT_OK = 0
 EXIT_REFUSED = 1  # the server answered, with an error or with something unusable
 EXIT_USAGE = 2  # as argparse: the command line does not make sense
@@ -33,6 +35,15 @@ class CommandError(Exception):
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
+
+
+def base_url(value: str, option: str) -> str:
+    """A server base URL from the command line, without its trailing slash; else a usage error."""
+    try:
+        normalise_base(value)
+    except ValueError as exc:
+        raise CommandError(f"{option}: {exc}", EXIT_USAGE) from None
+    return value.strip().rstrip("/")
 
 
 def new_session(user_agent: str) -> requests.Session:

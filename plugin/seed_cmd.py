@@ -33,6 +33,7 @@ from plugin.client_http import (
     EXIT_USAGE,
     CommandError,
     auth_error,
+    base_url,
     json_of,
     new_session,
     outcome_summary,
@@ -328,9 +329,10 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True, highlight=False)
     token = args.token or os.environ.get("CDS_FHIR_TOKEN") or None
     try:
+        fhir_server = base_url(args.fhir_server, "--fhir-server")
         patients = load_patients(args.patient)
         with new_session("mkopper-cds-seed") as session:
-            seeder = Seeder(args.fhir_server, token, session)
+            seeder = Seeder(fhir_server, token, session)
             seeder.check_reachable()
             outcomes = list(seed_all(seeder, patients, err))
     except CommandError as exc:

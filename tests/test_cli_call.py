@@ -338,6 +338,7 @@ def test_several_services_for_one_hook_need_a_service_id(client_dir: Path, capsy
         (["call", "patient-view"], "--patient"),
         (["call", "patient-view", "--patient", "p1", "--order", "mystery"], "code system"),
         (["call"], "give the hook"),
+        (["call", "patient-view", "--patient", "p1", "--service", "ftp://x"], "--service"),
     ],
 )
 def test_usage_errors_exit_2(
@@ -398,3 +399,12 @@ def test_each_hook_context_carries_valid_r4_resources(hook: str) -> None:
         (entry,) = context["conditions"]["entry"]
         status = entry["resource"]["verificationStatus"]["coding"][0]["code"]
         assert status == "provisional"
+
+
+def test_a_fhir_server_that_is_not_a_url_is_a_usage_error(client_dir: Path, capsys: Any) -> None:
+    code, _out, err = run_command(
+        ["call", "patient-view", "--patient", "p1", "--fhir-server", "fhir.example/r4?x=1"],
+        capsys,
+    )
+    assert code == EXIT_USAGE
+    assert "--fhir-server" in err

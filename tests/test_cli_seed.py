@@ -149,6 +149,12 @@ def test_an_unknown_patient_is_a_usage_error(capsys: Any) -> None:
     assert "no synthetic patient nobody" in err
 
 
+def test_a_server_that_is_not_a_url_is_a_usage_error(capsys: Any) -> None:
+    code, _out, err = run_command(["seed", "--fhir-server", "localhost:8090"], capsys)
+    assert code == EXIT_USAGE
+    assert "--fhir-server" in err
+
+
 def test_a_401_says_to_give_a_token(mock: responses.RequestsMock, capsys: Any) -> None:
     mock.get(f"{FHIR}/metadata", status=401)
     code, _out, err = run_command(["seed", "--fhir-server", FHIR, "--token", "wrong-tok"], capsys)
