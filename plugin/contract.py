@@ -120,6 +120,32 @@ def patient_resources(package: Package) -> Iterable[tuple[str, Resource]]:
             yield patient_id, entry["resource"]
 
 
+EXAMPLE_PATIENT = "mk-suspected-outpatient"
+
+
+def written_resources(package: Package) -> list[Resource]:
+    """What the service writes in its suggestions, as it would for the example patient."""
+    from cds_hooks.cards import RenderContext, notification_record
+    from cds_hooks.knowledge import load_knowledge
+
+    found = [r for pid, r in patient_resources(package) if pid == EXAMPLE_PATIENT]
+    encounter = next(r["id"] for r in found if r["resourceType"] == "Encounter")
+    evidence = [f"{r['resourceType']}/{r['id']}" for r in found if r["resourceType"] == "Condition"]
+    context = RenderContext(patient_id=EXAMPLE_PATIENT, encounter_id=encounter)
+    return [notification_record(load_knowledge(), context, evidence, "nb")]
+
+
+def example_of(profile: Resource, package: Package) -> tuple[str, Resource] | None:
+    """A synthetic patient's resource under the profile, or else one the service writes."""
+    for patient_id, resource in patient_resources(package):
+        if profile_applies(profile, resource, package.valuesets):
+            return f"from the synthetic patient `{patient_id}`", resource
+    for resource in written_resources(package):
+        if profile_applies(profile, resource, package.valuesets):
+            return f"as the service suggests it for `{EXAMPLE_PATIENT}`", resource
+    return None
+
+
 # --- rendering ---------------------------------------------------------------------------
 
 
@@ -180,18 +206,11 @@ def render_profile(profile: Resource, package: Package) -> list[str]:
             f"- **{c['key']}** ({c['severity']}): {c['human']}. FHIRPath: `{c['expression']}`"
             for c in constraints
         ]
-    example = next(
-        (
-            (pid, r)
-            for pid, r in patient_resources(package)
-            if profile_applies(profile, r, package.valuesets)
-        ),
-        None,
-    )
+    example = example_of(profile, package)
     if example:
         lines += [
             "",
-            f"Example (from the synthetic patient `{example[0]}`):",
+            f"Example ({example[0]}):",
             "",
             "```json",
             json.dumps(example[1], ensure_ascii=False, indent=2),
