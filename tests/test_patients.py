@@ -127,6 +127,14 @@ def test_the_index_lists_every_bundle_once() -> None:
         assert entry["file"] == f"{entry['id']}.json"
         assert entry["description"].strip()
         assert entry["expected"]["status"] in {"none", "suspected", "confirmed"}
+        encounter = read(PATIENTS / entry["file"])["entry"]
+        assert {
+            "resourceType": "Encounter",
+            "id": entry["encounterId"],
+            "status": "in-progress",
+        }.items() <= next(
+            e["resource"] for e in encounter if e["resource"]["id"] == entry["encounterId"]
+        ).items()
 
 
 def test_expected_cards_are_findings_of_the_content() -> None:

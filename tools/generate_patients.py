@@ -632,6 +632,15 @@ def render(data: Any, *, compact: bool = False) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
+def current_encounter(resources: list[Resource]) -> str:
+    (current,) = [
+        r["id"]
+        for r in resources
+        if r["resourceType"] == "Encounter" and r["status"] == "in-progress"
+    ]
+    return str(current)
+
+
 def index() -> dict[str, Any]:
     return {
         "description": "Synthetic patients (FHIR R4 transaction Bundles, PUT to fixed ids). "
@@ -641,10 +650,12 @@ def index() -> dict[str, Any]:
                 "id": pid,
                 "file": f"{pid}.json",
                 "description": description,
+                # The encounter going on now: context.encounterId for encounter hooks.
+                "encounterId": current_encounter(build()),
                 "expected": expected,
                 "expectedCards": EXPECTED_CARDS.get(pid, []),
             }
-            for pid, (_, description, expected) in PATIENTS.items()
+            for pid, (build, description, expected) in PATIENTS.items()
         ],
     }
 
