@@ -123,6 +123,16 @@ def test_profile_bindings_name_package_valuesets(profile: dict[str, Any]) -> Non
             assert binding["valueSet"] in valuesets, element["id"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the ValueSets still carry version 0.1.0; they should follow the package version",
+)
+def test_valuesets_carry_the_package_version() -> None:
+    version = read(PACKAGE / "package.json")["version"]
+    for path in sorted((PACKAGE / "valuesets").glob("ValueSet-*.json")):
+        assert read(path)["version"] == version, path.name
+
+
 def test_the_profiles_cover_what_the_rules_read_and_the_service_writes() -> None:
     types = {p["type"] for p in profiles()}
     assert {"Condition", "Observation", "Encounter", "Communication"} <= types
