@@ -210,12 +210,14 @@ def smart_configuration(iss: str) -> dict[str, Any]:
     """``{iss}/.well-known/smart-configuration``, checked for what the launch needs."""
     url = fhir_base(iss) + "/.well-known/smart-configuration"
     try:
-        response = requests.get(
-            url,
-            headers={"Accept": "application/json"},
-            timeout=HTTP_TIMEOUT_SECONDS,
-            allow_redirects=False,
-        )
+        with requests.Session() as http:
+            http.trust_env = False  # as the FHIR client: no .netrc credentials, no env proxies
+            response = http.get(
+                url,
+                headers={"Accept": "application/json"},
+                timeout=HTTP_TIMEOUT_SECONDS,
+                allow_redirects=False,
+            )
     except requests.RequestException as exc:
         raise SmartProblem(
             "fhir-unavailable", 502, f"smart-configuration: {type(exc).__name__}"
@@ -343,6 +345,7 @@ def callback() -> BaseResponse:
         code_challenge_method="S256",
         token_endpoint_auth_method="none",  # noqa: S106 - a public client, not a secret
     )
+    oauth.trust_env = False
     try:
         token = oauth.fetch_token(
             pending["token_endpoint"],
