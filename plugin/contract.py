@@ -194,9 +194,17 @@ def render_profile(profile: Resource, package: Package) -> list[str]:
             if binding
             else ""
         )
-        meaning = ". ".join(x for x in (element.get("short"), element.get("comment")) if x)
+        required_values = [
+            f"{'fixed' if key.startswith('fixed') else 'pattern'} value "
+            f"`{json.dumps(value, ensure_ascii=False)}`"
+            for key, value in element.items()
+            if key.startswith(("fixed", "pattern"))
+        ]
+        meaning = ". ".join(
+            x for x in (element.get("short"), element.get("comment"), *required_values) if x
+        )
         lines.append(
-            f"| `{element['path']}` | {_cardinality(element)} | {_types(element)} | "
+            f"| `{element['path']}` | {_cardinality(element)} | {_cell(_types(element))} | "
             f"{'yes' if element.get('mustSupport') else ''} | {bound} | {_cell(meaning)} |"
         )
     constraints = [c for element in elements for c in element.get("constraint", [])]
