@@ -123,14 +123,33 @@ def test_each_launch_gets_its_own_state_and_challenge(smart_app: Flask, ehr: Sma
 
 def test_iss_not_on_the_allowlist_gets_no_outbound_call(smart_app: Flask, ehr: SmartEhr) -> None:
     client = smart_app.test_client()
-    for iss in ("https://evil.example/fhir", ehr.base_url, ehr.fhir_base + "/other"):
+    netloc = ehr.base_url.removeprefix("http://")
+    for iss in (
+        "https://evil.example/fhir",
+        ehr.base_url,
+        ehr.fhir_base + "/other",
+        f"http://user:pw@{netloc}/fhir",  # user info could hide another host
+        ehr.fhir_base + "?x=1",
+        ehr.fhir_base + "#f",
+        "javascript:alert(1)",
+        "file:///etc/passwd",
+    ):
         response = client.get("/smart/launch", query_string={"iss": iss, "launch": "x"})
         assert response.status_code == 403
         assert problem(response) == "fhir-not-allowed"
     assert ehr.configuration_requests == 0
 
 
-@pytest.mark.parametrize("query", [{}, {"iss": "x"}, {"launch": "x"}, {"iss": "", "launch": ""}])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"iss": "x"},
+        {"launch": "x"},
+        {"iss": "", "launch": ""},
+        {"iss": "x" * 5000, "launch": "y"},
+    ],
+)
 def test_launch_without_iss_or_launch_is_refused(smart_app: Flask, query: dict[str, str]) -> None:
     response = smart_app.test_client().get("/smart/launch", query_string=query)
     assert response.status_code == 400
@@ -177,8 +196,9 @@ def test_callback_in_another_browser_is_refused(smart_app: Flask, ehr: SmartEhr)
     assert ehr.token_requests == []  # the code was never exchanged
 
 
-def test_unknown_state_is_refused(smart_app: Flask) -> None:
-    response = smart_app.test_client().get("/smart/callback?state=nope&code=x")
+@pytest.mark.parametrize("query", ["state=nope&code=x", "code=x", f"state={'s' * 5000}&code=x"])
+def test_unknown_state_is_refused(smart_app: Flask, query: str) -> None:
+    response = smart_app.test_client().get(f"/smart/callback?{query}")
     assert response.status_code == 400
     assert problem(response) == "launch-invalid"
 
