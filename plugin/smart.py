@@ -1,6 +1,7 @@
 """SMART on FHIR page: the guideline's advice inside EHRs without CDS Hooks (DIPS Arena).
 
-EHR launch (SMART App Launch 2.x): the EHR opens ``/smart/launch?iss=&launch=``;
+EHR launch (SMART App Launch 2.x): the EHR opens ``/smart/launch?iss=&launch=``
+(a tester may open ``/smart/standalone?iss=`` and pick the patient at the EHR);
 ``iss`` must be an allowed FHIR server (the CDS service's allowlist). The app
 reads ``{iss}/.well-known/smart-configuration`` and sends the browser to the
 authorisation endpoint with PKCE (S256), a random ``state`` and ``aud=iss``.
@@ -250,11 +251,30 @@ def launch() -> BaseResponse:
     config = smart_configuration(iss)
     # A launch value opens one session: a replayed launch URL is refused even within its
     # lifetime. The JWT replay cache (in the database) serves all workers.
-    store = views.get_store()
     expires = datetime.now(UTC) + timedelta(seconds=LAUNCH_TTL_SECONDS)
-    if not store.remember_jti(f"smart-launch\n{iss}\n{launch_id}", expires):
+    if not views.get_store().remember_jti(f"smart-launch\n{iss}\n{launch_id}", expires):
         raise SmartProblem("launch-invalid", 400, "launch value already used")
+    return authorize_redirect(iss, config, requested_scopes(), {"launch": launch_id})
 
+
+@bp.get("/standalone")
+def standalone() -> BaseResponse:
+    """Standalone launch (for testers): the EHR's own patient picker chooses the patient."""
+    g.call_log = {"service": "smart", "hook": "standalone"}
+    iss = fhir_base(_param("iss"))
+    if not allowed_fhir_server(iss):
+        raise SmartProblem("fhir-not-allowed", 403, "iss not on CDS_ALLOWED_FHIR_SERVERS")
+    config = smart_configuration(iss)
+    # SMART: `launch/patient` asks the authorisation server for a patient in context
+    # where an EHR launch would pass `launch`.
+    scopes = ["launch/patient" if s == "launch" else s for s in requested_scopes().split()]
+    return authorize_redirect(iss, config, " ".join(scopes), {})
+
+
+def authorize_redirect(
+    iss: str, config: Mapping[str, Any], scope: str, extra: Mapping[str, str]
+) -> BaseResponse:
+    """Keep the pending launch server-side and send the browser to authorise (PKCE S256)."""
     state = new_secret()
     binding = new_secret()
     verifier = new_secret() + new_secret()  # 86 characters: within RFC 7636's 43..128
@@ -273,7 +293,7 @@ def launch() -> BaseResponse:
     )
     oauth = OAuth2Session(
         client_id(),
-        scope=requested_scopes(),
+        scope=scope,
         redirect_uri=callback,
         code_challenge_method="S256",
     )
@@ -281,8 +301,8 @@ def launch() -> BaseResponse:
         config["authorization_endpoint"],
         state=state,
         code_verifier=verifier,
-        launch=launch_id,
         aud=iss,
+        **extra,
     )
     response = redirect(url, code=302)
     _set_cookie(response, LAUNCH_COOKIE, binding, LAUNCH_TTL_SECONDS)

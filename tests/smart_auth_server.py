@@ -7,7 +7,8 @@ from a thread. It behaves like an EHR's SMART endpoints:
 - ``GET /fhir/.well-known/smart-configuration``: the SMART configuration;
 - ``GET /authorize``: refuses a request without ``aud`` equal to the FHIR base,
   without an S256 code challenge or with an unknown ``launch``; a launch made
-  with ``deny=True`` answers ``error=access_denied`` (the user refused);
+  with ``deny=True`` answers ``error=access_denied`` (the user refused); a
+  standalone launch (scope ``launch/patient``) gets ``picked_patient``;
 - ``POST /token``: the code for a token, with ``patient`` (and ``encounter``)
   from the launch in the token response;
 - ``GET /fhir/...``: a gateway in front of the real Medplum FHIR test server
@@ -61,7 +62,10 @@ class Client(ClientMixin):
     def get_allowed_scope(self, scope: str) -> str:
         wanted = scope.split()
         return " ".join(
-            s for s in wanted if s == "launch" or (s.startswith("patient/") and s.endswith(".read"))
+            s
+            for s in wanted
+            if s in ("launch", "launch/patient")
+            or (s.startswith("patient/") and s.endswith(".read"))
         )
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
@@ -132,6 +136,7 @@ class SmartEhr:
         self.fhir_requests: list[str] = []
         self.configuration_requests = 0
         self.fhir_down = False  # the gateway answers 503 while set
+        self.picked_patient: Launch | None = None  # what the picker chooses on a standalone launch
         self.base_url = ""
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -241,6 +246,8 @@ class SmartEhr:
                     "scopes_supported": ["launch", "patient/*.read"],
                     "capabilities": [
                         "launch-ehr",
+                        "launch-standalone",
+                        "context-standalone-patient",
                         "client-public",
                         "context-ehr-patient",
                         "context-ehr-encounter",
@@ -259,6 +266,9 @@ class SmartEhr:
             if args.get("code_challenge_method") != "S256":
                 return Response("PKCE with S256 is required", status=400)
             launch = ehr.launches.pop(args.get("launch", ""), None)  # a launch opens once
+            if launch is None and "launch/patient" in args.get("scope", "").split():
+                # Standalone launch: the EHR's patient picker, played by the test.
+                launch = ehr.picked_patient
             try:
                 grant = server.get_consent_grant(end_user=launch)
             except OAuth2Error as error:

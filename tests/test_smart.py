@@ -108,6 +108,25 @@ def test_launch_sends_pkce_s256_state_aud_and_scopes(smart_app: Flask, ehr: Smar
     assert "Secure" not in cookie  # plain http on loopback only
 
 
+def test_standalone_launch_asks_the_ehr_to_pick_a_patient(smart_app: Flask, ehr: SmartEhr) -> None:
+    from smart_auth_server import Launch
+
+    client = smart_app.test_client()
+    response = client.get("/smart/standalone", query_string={"iss": ehr.fhir_base})
+    assert response.status_code == 302
+    query = {k: v[0] for k, v in parse_qs(urlsplit(response.headers["Location"]).query).items()}
+    assert query["scope"].split() == ["launch/patient", "patient/Condition.read"]
+    assert "launch" not in query
+    assert query["aud"] == ehr.fhir_base
+    ehr.picked_patient = Launch("p9")
+    authorize = requests.get(response.headers["Location"], allow_redirects=False, timeout=10)
+    callback = client.get(authorize.headers["Location"].removeprefix("http://localhost"))
+    assert callback.status_code == 303
+    assert [t.patient for t in ehr.tokens.values()] == ["p9"]
+    refused = client.get("/smart/standalone", query_string={"iss": "https://evil.example"})
+    assert problem(refused) == "fhir-not-allowed"
+
+
 def test_each_launch_gets_its_own_state_and_challenge(smart_app: Flask, ehr: SmartEhr) -> None:
     client = smart_app.test_client()
     seen = []
