@@ -162,7 +162,7 @@ def _acceptable_endpoint(url: object) -> bool:
 def _secure_cookies() -> bool:
     # Secure everywhere except plain http on a loopback address (tests, `make run`), where a
     # browser would drop a Secure cookie. Behind a TLS proxy the host is public, so Secure holds.
-    return not (request.scheme == "http" and _is_loopback(request.host.rsplit(":", 1)[0]))
+    return not (request.scheme == "http" and _is_loopback(urlsplit(request.host_url).hostname))
 
 
 def cookie_name(base: str) -> str:

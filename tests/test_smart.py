@@ -348,6 +348,24 @@ def test_cookies_are_secure_and_host_prefixed_off_loopback(make_app: Any, ehr: S
     assert redirect_uri == "https://cds.example.org/smart/callback"
 
 
+@pytest.mark.parametrize(
+    ("base_url", "secure"),
+    [
+        ("http://localhost", False),
+        ("http://127.0.0.1:8080", False),
+        ("http://[::1]:8080", False),
+        ("http://cds.example.org", True),  # behind a TLS proxy the host is public
+        ("https://127.0.0.1", True),
+    ],
+)
+def test_secure_cookie_decision(make_app: Any, base_url: str, secure: bool) -> None:
+    app = make_app(CDS_REGISTRY=fake_registry())
+    response = app.test_client().get("/smart/", base_url=base_url)  # clears the session cookie
+    cookie = response.headers["Set-Cookie"]
+    assert ("Secure" in cookie) is secure
+    assert cookie.startswith("__Host-") is secure
+
+
 def test_english_error_page(make_app: Any) -> None:
     app = make_app(CDS_REGISTRY=fake_registry(), CDS_LANGUAGE="en")
     html = app.test_client().get("/smart/").get_data(as_text=True)
