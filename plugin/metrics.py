@@ -115,7 +115,7 @@ def _build() -> Metrics:
         ),
         phase_seconds=Histogram(
             "cds_phase_duration_seconds",
-            "Time spent in each phase of a call (auth, parse, prefetch, rules, storage).",
+            "Time spent in each phase of a call (auth, parse, prefetch, rules, storage, cards).",
             ["service", "phase"],
             buckets=LATENCY_BUCKETS,
             registry=registry,

@@ -63,7 +63,7 @@ def test_a_call_is_counted_with_its_phases_and_cards(client: FlaskClient) -> Non
                  status="200") == 2
     assert value(client, "cds_request_duration_seconds_count", endpoint="call",
                  service="test-view") == 2
-    for name in ("auth", "parse", "prefetch", "rules", "storage"):
+    for name in ("auth", "parse", "prefetch", "rules", "storage", "cards"):
         assert value(client, "cds_phase_duration_seconds_count", service="test-view",
                      phase=name) == 2, name
     assert value(client, "cds_cards_issued_total", service="test-view",
