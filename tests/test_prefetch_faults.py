@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import wait
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -42,6 +42,7 @@ def searchset(resources: list[dict[str, Any]], next_url: str | None = None) -> d
 class FaultHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     other_host = ""  # set per server: where the "nextother" mode points its next link
+    peers: ClassVar[set[tuple[str, int]]] = set()  # set per server: client address per request
 
     def log_message(self, *_: Any) -> None:  # keep the test output quiet
         pass
@@ -57,6 +58,7 @@ class FaultHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(body).encode())
 
     def do_GET(self) -> None:
+        self.peers.add(self.client_address)
         mode = self.path.strip("/").split("/")[0]
         if mode in ("401", "403", "404", "500"):
             self._json(int(mode), {"resourceType": "OperationOutcome", "issue": []})
@@ -134,10 +136,14 @@ def recorder() -> Iterator[AcceptRecorder]:
         rec.close()
 
 
+PEERS: set[tuple[str, int]] = set()
+
+
 @pytest.fixture
 def fault_server(recorder: AcceptRecorder) -> Iterator[str]:
+    PEERS.clear()
     handler = type("Handler", (FaultHandler,),
-                   {"other_host": f"http://127.0.0.1:{recorder.port}"})
+                   {"other_host": f"http://127.0.0.1:{recorder.port}", "peers": PEERS})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     server.block_on_close = False
@@ -320,3 +326,10 @@ def test_mixed_keys_keep_what_arrived(fault_server: str, client: FhirClient) -> 
     assert outcome.get("good") == [{"resourceType": "Condition", "id": "ok"}]
     assert outcome.failed == {"bad"}
     assert elapsed <= LIMIT_S
+
+
+def test_connections_are_pooled(fault_server: str, client: FhirClient) -> None:
+    for _ in range(5):
+        outcome, _ = timed_resolve(f"{fault_server}/ok", client, service())
+        assert isinstance(outcome, PrefetchData)
+    assert len(PEERS) == 1  # one kept-alive connection served all five calls
