@@ -25,8 +25,12 @@ def enforce_body_limit() -> None:
     if limit is None or "wsgi.input_terminated" not in environ:
         return  # without a terminated stream Werkzeug reads only what Content-Length says
     declared = request.content_length
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge()
+    if declared is not None:
+        # The server stops the stream at the declared length; Werkzeug refuses one over
+        # the limit. Only a body without a length needs reading here.
+        if declared > limit:
+            raise PayloadTooLarge()
+        return
     stream = environ["wsgi.input"]
     buffer = io.BytesIO()
     while buffer.tell() <= limit:
