@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "plugin.contract",
     "plugin.seed_cmd",
     "plugin.call_cmd",
+    "plugin.suppression_cmd",
 )
 
 

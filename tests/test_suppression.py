@@ -385,3 +385,25 @@ def test_policy_is_loaded_lazily_once(tmp_path: Path) -> None:
     assert suppressions.policy.hours_for("x") == 1
     assert loads == [1]
     engine.dispose()
+
+
+def test_purge_command_deletes_expired_records(make_app: Any, tmp_path: Path, capsys: Any) -> None:
+    from plugin.cli import main
+
+    clock = Clock(datetime.now(UTC) - timedelta(hours=30))
+    app = make_suppression_app(make_app, clock)
+    client = app.test_client()
+    cards = call(client, ["notify-municipal-doctor", "respirator"])
+    override(client, cards["notify-municipal-doctor"], "postpone-24h")
+    override(client, cards["respirator"], "already-notified")
+    assert app.extensions["cds_suppression"].active_count() == 2
+
+    env = {"CDS_DATA_DIR": str(tmp_path), "CDS_DATABASE_URL": "", "CDS_PATIENT_HASH_SECRET": ""}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        assert main(["purge-suppressions"]) == 0
+    assert "deleted 1 expired record(s)" in capsys.readouterr().out
+    # The 720-hour suppression is still there; the 24-hour one, 30 hours old, is gone.
+    clock.now = datetime.now(UTC)
+    assert app.extensions["cds_suppression"].active_count() == 1

@@ -1,0 +1,41 @@
+"""`mkopper-cds purge-suppressions`: delete expired suppression records (for a cron job).
+
+The service deletes them on its next write anyway; this is for a quiet service, so that
+hashed patient records do not outlive their expiry by long.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from plugin.config import database_url, load_settings
+from plugin.storage import StorageError, create_db_engine, migrate
+from plugin.suppression import Policy, Suppressions, hasher_from_settings
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "purge-suppressions",
+        help="delete expired suppressions and card subjects past retention, and exit",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    url = database_url(settings)
+    migrate(url)
+    engine = create_db_engine(url)
+    try:
+        # Purging needs no policy: only expiry times are read.
+        suppressions = Suppressions(engine, hasher_from_settings(settings), Policy(reason_hours={}))
+        deleted = suppressions.purge()
+    except StorageError as exc:
+        print(f"purge failed: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"deleted {deleted} expired record(s)")
+    return 0
