@@ -11,7 +11,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from cds_hooks.services import ServiceRegistry
-from plugin import admin, auth, errors, metrics, smart, suppression, views
+from plugin import admin, auth, body_limit, errors, headers, metrics, smart, suppression, views
 from plugin.config import as_int, as_list, database_url, load_settings
 from plugin.storage import Store, create_db_engine, migrate
 
@@ -40,7 +40,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = as_int("CDS_MAX_BODY_BYTES", settings["CDS_MAX_BODY_BYTES"])
     app.config["SECRET_KEY"] = settings["CDS_SECRET_KEY"] or secrets.token_hex(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    logging.getLogger().setLevel(str(settings["CDS_LOG_LEVEL"]).upper())
+    level = logging.getLevelName(str(settings["CDS_LOG_LEVEL"]).upper())
+    logging.getLogger().setLevel(level)
+    # urllib3 logs each request line at DEBUG, and a FHIR query names the patient.
+    logging.getLogger("urllib3").setLevel(max(level, logging.INFO))
 
     url = database_url(settings)
     if not overrides.get("CDS_SKIP_MIGRATE"):
@@ -60,6 +63,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         )
 
     errors.init_app(app)
+    headers.init_app(app)
+    body_limit.init_app(app)
     auth.init_app(app)
     suppression.init_app(app)
     admin.init_app(app)

@@ -29,7 +29,6 @@ import jwt
 from flask import Flask, Request, current_app
 
 from cds_hooks.errors import Unauthorized
-from plugin import body_limit, headers
 from plugin.config import as_bool, as_int, as_list
 from plugin.jwks import Jwk, KeySetCache, TrustedClient, load_trusted_clients
 
@@ -121,13 +120,16 @@ class Authenticator:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
-            raise Rejected(f"malformed token ({type(exc).__name__})",
-                           "The JWT is malformed.") from None
+            raise Rejected(
+                f"malformed token ({type(exc).__name__})", "The JWT is malformed."
+            ) from None
 
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
-            raise Rejected(f"algorithm {str(alg)[:20]!r} not accepted",
-                           "The JWT's signing algorithm is not accepted.")
+            raise Rejected(
+                f"algorithm {str(alg)[:20]!r} not accepted",
+                "The JWT's signing algorithm is not accepted.",
+            )
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
             raise Rejected("typ is not JWT", "The JWT is malformed.")
@@ -157,17 +159,24 @@ class Authenticator:
         except jwt.ExpiredSignatureError:
             raise Rejected(f"expired (iss {client.iss!r})", "The JWT has expired.") from None
         except jwt.ImmatureSignatureError:
-            raise Rejected(f"issued in the future (iss {client.iss!r})",
-                           "The JWT is not yet valid; check the client's clock.") from None
+            raise Rejected(
+                f"issued in the future (iss {client.iss!r})",
+                "The JWT is not yet valid; check the client's clock.",
+            ) from None
         except jwt.InvalidAudienceError:
-            raise Rejected(f"aud is not {audience!r} (iss {client.iss!r})",
-                           "The JWT's 'aud' is not the URL called.") from None
+            raise Rejected(
+                f"aud is not {audience!r} (iss {client.iss!r})",
+                "The JWT's 'aud' is not the URL called.",
+            ) from None
         except jwt.InvalidSignatureError:
-            raise Rejected(f"bad signature (iss {client.iss!r}, kid {kid[:64]!r})",
-                           UNTRUSTED) from None
+            raise Rejected(
+                f"bad signature (iss {client.iss!r}, kid {kid[:64]!r})", UNTRUSTED
+            ) from None
         except jwt.MissingRequiredClaimError as exc:
-            raise Rejected(f"missing claim {exc.claim!r} (iss {client.iss!r})",
-                           f"The JWT lacks the '{exc.claim}' claim.") from None
+            raise Rejected(
+                f"missing claim {exc.claim!r} (iss {client.iss!r})",
+                f"The JWT lacks the '{exc.claim}' claim.",
+            ) from None
         except jwt.PyJWTError as exc:
             raise Rejected(f"invalid ({type(exc).__name__}, iss {client.iss!r})") from None
 
@@ -175,11 +184,11 @@ class Authenticator:
         expires_at = self._check_lifetime(client, claims)
         jti = claims["jti"]
         if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS:
-            raise Rejected(f"jti not a usable string (iss {client.iss!r})",
-                           "The JWT's 'jti' is not valid.")
+            raise Rejected(
+                f"jti not a usable string (iss {client.iss!r})", "The JWT's 'jti' is not valid."
+            )
         if not remember_jti(f"{client.iss}|{jti}", expires_at):
-            raise Rejected(f"replayed jti (iss {client.iss!r})",
-                           "The JWT has already been used.")
+            raise Rejected(f"replayed jti (iss {client.iss!r})", "The JWT has already been used.")
         tenant = claims.get("tenant")
         return Caller(iss=client.iss, tenant=tenant if isinstance(tenant, str) else client.tenant)
 
@@ -202,16 +211,20 @@ class Authenticator:
     @staticmethod
     def _check_tenant(client: TrustedClient, claims: Mapping[str, Any]) -> None:
         if client.tenant is not None and claims.get("tenant") != client.tenant:
-            raise Rejected(f"tenant does not match (iss {client.iss!r})",
-                           "The JWT's 'tenant' is not the one trusted for this client.")
+            raise Rejected(
+                f"tenant does not match (iss {client.iss!r})",
+                "The JWT's 'tenant' is not the one trusted for this client.",
+            )
 
     @staticmethod
     def _check_lifetime(client: TrustedClient, claims: Mapping[str, Any]) -> datetime:
         # PyJWT has checked that exp and iat are integers.
         exp = int(claims["exp"])
         if exp - time.time() > MAX_LIFETIME_SECONDS:
-            raise Rejected(f"exp more than {MAX_LIFETIME_SECONDS} s ahead (iss {client.iss!r})",
-                           "The JWT is valid for too long.")
+            raise Rejected(
+                f"exp more than {MAX_LIFETIME_SECONDS} s ahead (iss {client.iss!r})",
+                "The JWT is valid for too long.",
+            )
         # Kept until the token could no longer pass the exp check anyway.
         return datetime.fromtimestamp(exp + CLOCK_SKEW_SECONDS, tz=UTC)
 
@@ -234,11 +247,6 @@ def _from_loopback(request: Request) -> bool:
 
 def init_app(app: Flask) -> None:
     """Read the trust settings once; a broken setting stops the service at start."""
-    # The security headers and the body limit belong to the same boundary: wiring them
-    # here means no app that authenticates callers runs without them (create_app may
-    # call them too; both register once).
-    headers.init_app(app)
-    body_limit.init_app(app)
     algorithms = parse_algorithms(app.config["CDS_JWT_ALGORITHMS"])
     clients = load_trusted_clients(str(app.config["CDS_TRUSTED_CLIENTS"] or ""))
     ttl = as_int("CDS_JWKS_CACHE_SECONDS", app.config["CDS_JWKS_CACHE_SECONDS"])
@@ -251,13 +259,16 @@ def init_app(app: Flask) -> None:
     elif not clients:
         log.warning("No trusted CDS clients (CDS_TRUSTED_CLIENTS): every call will be refused.")
     else:
-        log.info("Trusting %d CDS client(s); algorithms %s.",
-                 len(clients), ",".join(sorted(algorithms)))
+        log.info(
+            "Trusting %d CDS client(s); algorithms %s.", len(clients), ",".join(sorted(algorithms))
+        )
     if clients and not app.config["CDS_PUBLIC_URL"]:
         # Without it the audience is built from the Host header, which the caller chooses:
         # a token the EHR made for another service with the same path could be replayed here.
-        log.warning("CDS_PUBLIC_URL is not set: the JWT audience is taken from the request's "
-                    "Host header. Set it in production.")
+        log.warning(
+            "CDS_PUBLIC_URL is not set: the JWT audience is taken from the request's "
+            "Host header. Set it in production."
+        )
 
 
 def authenticate(request: Request) -> Caller | None:

@@ -223,9 +223,6 @@ def fhir_base() -> Iterator[str]:
     server.server_close()
 
 
-@pytest.mark.xfail(strict=True, reason="at CDS_LOG_LEVEL=DEBUG urllib3 logs each request "
-                   "line, whose query names the patient; create_app should cap the urllib3 "
-                   "logger at INFO")
 def test_fhir_fetch_at_debug_leaves_no_patient_id_in_logs(
         app: Flask, fhir_base: str, caplog: pytest.LogCaptureFixture) -> None:
     exchange = Exchange(app.test_client())
