@@ -262,6 +262,9 @@ class Suppressions:
         kinds = {card_kind(item) for item in issued}
         try:
             with self.engine.begin() as conn:
+                # Write first: the transaction takes the write lock before it reads, so SQLite
+                # waits for another writer instead of failing on a stale read snapshot.
+                conn.execute(_old_subjects(now))
                 active = conn.execute(
                     sa.select(
                         suppressions.c.kind, suppressions.c.encounter_hash, suppressions.c.status
@@ -296,7 +299,6 @@ class Suppressions:
         kept: Sequence[IssuedCard],
         now: datetime,
     ) -> None:
-        conn.execute(_old_subjects(now))
         if not kept or subject.patient is None:
             return
         patient_hash = self.hasher.hash("patient", subject.patient)
@@ -338,6 +340,8 @@ class Suppressions:
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
+                    # Write first (see issue()); expired records go on every write.
+                    conn.execute(suppressions.delete().where(suppressions.c.expires_at <= now))
                     row = conn.execute(
                         sa.select(card_subjects).where(
                             card_subjects.c.card_uuid == card_uuid,

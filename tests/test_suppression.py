@@ -407,3 +407,24 @@ def test_purge_command_deletes_expired_records(make_app: Any, tmp_path: Path, ca
     # The 720-hour suppression is still there; the 24-hour one, 30 hours old, is gone.
     clock.now = datetime.now(UTC)
     assert app.extensions["cds_suppression"].active_count() == 1
+
+
+def test_concurrent_calls_and_overrides_over_two_instances(make_app: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    clock = Clock(START)
+    apps = [make_suppression_app(make_app, clock) for _ in range(2)]
+
+    def work(number: int) -> set[str]:
+        client = apps[number % 2].test_client()
+        patient = f"pat-{number % 3}"
+        cards = call(client, ["notify-municipal-doctor", "respirator"], patient=patient)
+        if "notify-municipal-doctor" in cards:
+            override(client, cards["notify-municipal-doctor"], "already-notified")
+        return set(call(client, ["notify-municipal-doctor", "respirator"], patient=patient))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, range(24)))
+    # Every worker's own override holds for its next call, whatever the others did meanwhile.
+    assert all(result == {"respirator"} for result in results)
+    assert apps[0].extensions["cds_suppression"].active_count() == 3
