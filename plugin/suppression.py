@@ -305,23 +305,22 @@ class Suppressions:
         encounter_hash = (
             self.hasher.hash("encounter", subject.encounter) if subject.encounter else NO_ENCOUNTER
         )
-        conn.execute(
-            card_subjects.insert(),
-            [
-                {
-                    "card_uuid": (item.card.uuid or "")[:64],
-                    "service_id": service_id[:100],
-                    "finding": item.finding[:100],
-                    "kind": card_kind(item),
-                    "patient_hash": patient_hash,
-                    "encounter_hash": encounter_hash,
-                    "status": subject.status[:20] if subject.status else None,
-                    "issued_at": now,
-                }
-                for item in kept
-                if item.card.uuid
-            ],
-        )
+        rows = [
+            {
+                "card_uuid": item.card.uuid[:64],
+                "service_id": service_id[:100],
+                "finding": item.finding[:100],
+                "kind": card_kind(item),
+                "patient_hash": patient_hash,
+                "encounter_hash": encounter_hash,
+                "status": subject.status[:20] if subject.status else None,
+                "issued_at": now,
+            }
+            for item in kept
+            if item.card.uuid
+        ]
+        if rows:
+            conn.execute(card_subjects.insert(), rows)
 
     def apply_feedback(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
         """Create a suppression for each override whose reason suppresses; return how many."""

@@ -428,3 +428,30 @@ def test_concurrent_calls_and_overrides_over_two_instances(make_app: Any) -> Non
     # Every worker's own override holds for its next call, whatever the others did meanwhile.
     assert all(result == {"respirator"} for result in results)
     assert apps[0].extensions["cds_suppression"].active_count() == 3
+
+
+def _no_uuid(request: HookRequest, data: PrefetchData) -> Evaluation:
+    card = Card(uuid=None, summary="x", indicator="info", source=Source(label="t"))
+    return Evaluation([IssuedCard(card=card, finding="respirator")], status="suspected")
+
+
+def test_cards_without_uuid_are_shown_and_not_recorded(make_app: Any) -> None:
+    registry = ServiceRegistry(
+        [
+            CdsService(
+                id="no-uuid",
+                hook="patient-view",
+                title="t",
+                description="d",
+                prefetch={},
+                evaluate=_no_uuid,
+            )
+        ]
+    )
+    app = make_suppression_app(make_app, Clock(START), CDS_REGISTRY=registry)
+    body = {"hook": "patient-view", "hookInstance": "h", "context": {"patientId": "p"}}
+    response = app.test_client().post("/cds-services/no-uuid", json=body)
+    assert response.status_code == 200
+    assert len(response.get_json()["cards"]) == 1
+    with app.extensions["cds_store"].engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM card_subjects")).scalar_one() == 0
