@@ -274,3 +274,30 @@ def test_chart_bars_scale_to_the_peak(make_app: Any) -> None:
     assert len(heights) == 2
     assert heights[1] == pytest.approx(2 * heights[0])
     assert heights[1] == pytest.approx(chart.plot_bottom - chart.plot_top)
+
+
+@pytest.mark.postgres
+def test_report_over_postgresql(make_app: Any) -> None:
+    import os
+
+    url = os.environ.get("CDS_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must provide CDS_TEST_POSTGRES_URL")
+        pytest.skip("CDS_TEST_POSTGRES_URL is not set")
+    app = dashboard_app(make_app, CDS_DATABASE_URL=url)
+    # The database outlives the test: a day far in the future is this test's own.
+    far = datetime(2091, 3, 14, 12, 0, tzinfo=UTC)
+    kind = f"kind-{uuid.uuid4().hex[:8]}"
+    seed(app, [(far.date(), kind, "overridden", "postpone-24h"), (far.date(), kind, None, None)])
+    report = build_report(
+        app.extensions["cds_store"].engine,
+        now=far,
+        days=1,
+        kind_labels={},
+        reason_labels={"postpone-24h": "Utsett 24 timer"},
+    )
+    mine = next(k for k in report.kinds if k.kind == kind)
+    assert (mine.total("shown"), mine.total("overridden")) == (2, 1)
+    assert mine.daily["shown"] == {far.date(): 2}
+    assert dict(mine.reasons) == {"postpone-24h": 1}
