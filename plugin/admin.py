@@ -104,7 +104,7 @@ def page_headers(response: Response) -> Response:
 
 def _days() -> int:
     raw = request.args.get("days", "")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 4:
         return DEFAULT_DAYS
     return max(1, min(int(raw), MAX_DAYS))
 

@@ -186,7 +186,7 @@ def test_days_are_bucketed_and_the_period_is_bounded(make_app: Any) -> None:
     assert cells(table_row(week, "respirator"))[:3] == ["4", "1", "1"]
     month = client.get("/admin/feedback", headers=basic()).get_data(as_text=True)
     assert cells(table_row(month, "respirator"))[:3] == ["5", "1", "1"]
-    for bad in ("abc", "-3", "0", "99999"):
+    for bad in ("abc", "-3", "0", "99999", "²", "9" * 5000, "1e3"):
         response = client.get(f"/admin/feedback?days={bad}", headers=basic())
         assert response.status_code == 200
 
