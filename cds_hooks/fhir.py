@@ -12,13 +12,14 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
@@ -26,9 +27,13 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from cds_hooks.errors import FhirAuthError, FhirError, FhirNotAllowed, FhirUnavailable
+
+if TYPE_CHECKING:
+    from urllib3._base_connection import BaseHTTPConnection
 
 FHIR_RELEASE = "R4"
 FHIR_VERSION = "4.0.1"
@@ -145,6 +150,71 @@ class ClientLimits:
     pool_size: int = 16  # HTTP connections per host and worker threads for parallel fetch
 
 
+class _Watchdog:
+    """Shuts one HTTP exchange's socket down at its deadline.
+
+    Socket timeouts count per read: a server that dribbles its status line or headers a
+    byte at a time could hold a fetch thread for as long as it likes. The connection
+    the exchange takes from the pool is attached here (see ``_WatchedHTTPPool``) and a
+    timer shuts its socket down when the deadline passes, which ends any blocked read.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: BaseHTTPConnection | None = None
+        self._finished = False
+        self.fired = False
+
+    def attach(self, connection: BaseHTTPConnection) -> None:
+        with self._lock:
+            if not self._finished:
+                self._connection = connection
+
+    def fire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self.fired = True
+            sock = getattr(self._connection, "sock", None)
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+            self._connection = None
+
+
+_current = threading.local()  # the watchdog of the exchange running on this thread
+
+
+def _attach(connection: BaseHTTPConnection) -> BaseHTTPConnection:
+    watchdog = getattr(_current, "watchdog", None)
+    if isinstance(watchdog, _Watchdog):
+        watchdog.attach(connection)
+    return connection
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
+        return _attach(super()._get_conn(timeout))
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
+        return _attach(super()._get_conn(timeout))
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
 class FhirClient:
     """One pooled HTTP session and one thread pool for every FHIR call the service makes.
 
@@ -158,8 +228,8 @@ class FhirClient:
                  session: requests.Session | None = None) -> None:
         self.limits = limits or ClientLimits()
         self.session = session or requests.Session()
-        adapter = HTTPAdapter(pool_connections=self.limits.pool_size,
-                              pool_maxsize=self.limits.pool_size, max_retries=0)
+        adapter = _WatchedAdapter(pool_connections=self.limits.pool_size,
+                                  pool_maxsize=self.limits.pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         # No cookies (a FHIR server's cookie must not ride along with another patient's
@@ -238,6 +308,34 @@ class FhirClient:
 
     def _get_json(self, url: str, token: str | None, deadline: float) -> dict[str, Any]:
         remaining = _remaining(deadline)
+        watchdog = _Watchdog()
+        timer = threading.Timer(remaining, watchdog.fire)
+        timer.daemon = True
+        _current.watchdog = watchdog
+        timer.start()
+        try:
+            raw = self._exchange(url, token, deadline, remaining)
+        except FhirError:
+            if watchdog.fired:
+                raise FhirUnavailable("The FHIR server did not answer in time.") from None
+            raise
+        finally:
+            timer.cancel()
+            watchdog.finish()
+            _current.watchdog = None
+        if watchdog.fired:  # the body may have been cut short by the shutdown
+            raise FhirUnavailable("The FHIR server did not answer in time.")
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            raise FhirError("The FHIR server's answer is not JSON.") from None
+        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+            raise FhirError("The FHIR server's answer is not a FHIR resource.")
+        return body
+
+    def _exchange(self, url: str, token: str | None, deadline: float,
+                  remaining: float) -> bytes:
+        """One GET: status checked, body read; transport failures converted."""
         headers = {"Accept": FHIR_JSON}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -252,16 +350,9 @@ class FhirClient:
             raise FhirUnavailable("The FHIR server could not be reached.") from None
         try:
             _check_status(response.status_code)
-            raw = self._read_body(response, deadline)
+            return self._read_body(response, deadline)
         finally:
             response.close()
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            raise FhirError("The FHIR server's answer is not JSON.") from None
-        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
-            raise FhirError("The FHIR server's answer is not a FHIR resource.")
-        return body
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytes:
         """Read the body in small steps so neither the deadline nor the size cap can be outrun."""

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import pytest
 
 STOP = threading.Event()
-FAULTS = ("401", "403", "404", "500", "badjson", "html", "slow", "trickle")
+FAULTS = ("401", "403", "404", "500", "badjson", "html", "slow", "trickle", "slowheaders")
 
 
 def searchset(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
@@ -70,6 +70,19 @@ class FaultHandler(BaseHTTPRequestHandler):
                     self.wfile.flush()
             except OSError:
                 pass  # the client hung up: what it should do at its deadline
+        elif mode == "slowheaders":
+            # Header bytes dribble in, each well inside any per-read timeout.
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                self.wfile.flush()
+                for _ in range(100):
+                    if STOP.wait(0.05):
+                        break
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+            except OSError:
+                pass
+            self.close_connection = True
         elif mode == "big":
             self._json(200, searchset([{"resourceType": "Condition", "id": f"c{i}",
                                         "subject": {"reference": "Patient/p"}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import wait
@@ -73,10 +74,17 @@ def timed_resolve(base: str, client: FhirClient, svc: CdsService) -> tuple[Any, 
 
 
 def assert_workers_free(client: FhirClient) -> None:
-    """Every fetch thread can take new work right away: none is stuck on a socket."""
-    futures = [client.executor.submit(time.sleep, 0) for _ in range(client.limits.pool_size)]
-    done, _ = wait(futures, timeout=0.3)
-    assert len(done) == len(futures)
+    """Every fetch thread can take new work right away: none is stuck on a socket.
+
+    Each probe waits at a barrier for all the others, so they only finish when every
+    thread of the pool runs one at the same time.
+    """
+    size = client.limits.pool_size
+    barrier = threading.Barrier(size)
+    futures = [client.executor.submit(barrier.wait, 0.5) for _ in range(size)]
+    done, _ = wait(futures, timeout=1.0)
+    assert len(done) == size
+    assert all(f.exception() is None for f in done), "a fetch thread is still busy"
 
 
 @pytest.mark.parametrize("mode", FAULTS)
