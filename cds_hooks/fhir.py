@@ -102,8 +102,18 @@ class Allowlist:
 
     @classmethod
     def from_setting(cls, value: str) -> Allowlist:
-        """Parse the comma-separated setting; a malformed entry is a configuration error."""
-        return cls(part for part in value.split(",") if part.strip())
+        """Parse the comma-separated setting; a malformed entry is a configuration error.
+
+        The error names the entry's position, not its text (it might carry a password).
+        """
+        parts = [part for part in value.split(",") if part.strip()]
+        for position, part in enumerate(parts, start=1):
+            try:
+                normalise_base(part)
+            except ValueError as exc:
+                raise ValueError(
+                    f"CDS_ALLOWED_FHIR_SERVERS entry {position}: {exc}") from None
+        return cls(parts)
 
     def __len__(self) -> int:
         return len(self._bases)

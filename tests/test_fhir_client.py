@@ -93,6 +93,13 @@ def test_allowlist_compares_normalised_urls() -> None:
         Allowlist().check(BASE)
 
 
+def test_malformed_allowlist_setting_names_the_position_only() -> None:
+    with pytest.raises(ValueError) as caught:
+        Allowlist.from_setting("https://ok.example.org, https://admin:hunter2@bad.example.org")
+    assert "entry 2" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
 def test_same_base() -> None:
     assert same_base(f"{BASE}/Condition?page=2", BASE)
     assert same_base("https://fhir.example.org:443/r4/Condition", BASE + "/")

@@ -213,3 +213,15 @@ def test_connections_are_pooled(fault_server: str, client: FhirClient) -> None:
         outcome, _ = timed_resolve(f"{fault_server}/ok", client, service())
         assert isinstance(outcome, PrefetchData)
     assert len(PEERS) == 1  # one kept-alive connection served all five calls
+
+
+def test_saturated_pool_still_answers_within_budget(fault_server: str) -> None:
+    # One fetch thread, three keys of 0.3 s: the first arrives, the second runs out of
+    # budget, the third never starts. The answer still comes within the budget.
+    with FhirClient(ClientLimits(timeout_s=2.0, pool_size=1)) as single:
+        outcome, elapsed = timed_resolve(f"{fault_server}/delay", single,
+                                         service(keys=3, required=False))
+        assert isinstance(outcome, PrefetchData)
+        assert len(outcome.failed) == 2
+        assert elapsed <= LIMIT_S
+        assert_workers_free(single)
