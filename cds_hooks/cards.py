@@ -166,10 +166,12 @@ def render_cards(
     context: RenderContext,
     *,
     language: Language = "nb",
-    max_cards: int = 3,
+    max_cards: int | None = 3,
 ) -> list[IssuedCard]:
-    """The cards for these findings, most urgent first, at most ``max_cards``."""
-    groups = _group(knowledge, findings)[: max(max_cards, 0)]
+    """The cards for these findings, most urgent first, at most ``max_cards`` (None: all)."""
+    groups = _group(knowledge, findings)
+    if max_cards is not None:
+        groups = groups[: max(max_cards, 0)]
     return [
         IssuedCard(card=_card(knowledge, group, context, language), finding=group[0].key)
         for group in groups

@@ -123,7 +123,7 @@ class _Evaluator:
         orders_from: str | None,
         conditions_from_context: bool = False,
         language: Language,
-        max_cards: int,
+        max_cards: int | None,
     ) -> None:
         self.knowledge = knowledge
         self.wanted = wanted
@@ -200,12 +200,16 @@ SERVICE_IDS = (
 
 
 def build_registry(
-    knowledge: Knowledge, *, language: str = "nb", max_cards: int = 3
+    knowledge: Knowledge, *, language: str = "nb", max_cards: int | None = 3
 ) -> ServiceRegistry:
-    """The seven services, with titles and descriptions from the content file."""
+    """The seven services, with titles and descriptions from the content file.
+
+    ``max_cards=None`` leaves every card in the evaluation, most urgent first, for a caller
+    that cuts the list itself after removing suppressed cards.
+    """
     if language not in get_args(Language):
         raise ValueError(f"unsupported card language {language!r} (nb or en)")
-    if max_cards < 1:
+    if max_cards is not None and max_cards < 1:
         raise ValueError("max_cards must be at least 1")
     lang: Language = "nb" if language == "nb" else "en"
     _check_coverage(knowledge, SERVICE_IDS)

@@ -22,11 +22,9 @@ def build_registry(settings: Mapping[str, Any]) -> ServiceRegistry:
     from cds_hooks.knowledge import load_knowledge
 
     knowledge = load_knowledge(settings.get("CDS_CONTENT_FILE") or None)
-    return build(
-        knowledge,
-        language=str(settings["CDS_LANGUAGE"]),
-        max_cards=as_int("CDS_MAX_CARDS", settings["CDS_MAX_CARDS"]),
-    )
+    # Uncapped here: views.call_service cuts to CDS_MAX_CARDS after suppressed cards are
+    # removed, so a suppressed card makes room for the next most urgent one.
+    return build(knowledge, language=str(settings["CDS_LANGUAGE"]), max_cards=None)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -37,6 +35,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app = Flask(__name__)
     app.config.update(settings)
+    app.config["CDS_MAX_CARDS_INT"] = as_int("CDS_MAX_CARDS", settings["CDS_MAX_CARDS"])
+    if app.config["CDS_MAX_CARDS_INT"] < 1:
+        raise ValueError("setting CDS_MAX_CARDS must be at least 1")
     app.config["MAX_CONTENT_LENGTH"] = as_int("CDS_MAX_BODY_BYTES", settings["CDS_MAX_BODY_BYTES"])
     app.config["SECRET_KEY"] = settings["CDS_SECRET_KEY"] or secrets.token_hex(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -252,11 +252,16 @@ class Suppressions:
         return set(self.hasher.candidates("encounter", subject.encounter))
 
     def issue(
-        self, service_id: str, subject: Subject, issued: Sequence[IssuedCard]
+        self,
+        service_id: str,
+        subject: Subject,
+        issued: Sequence[IssuedCard],
+        limit: int | None = None,
     ) -> list[IssuedCard]:
-        """Drop the cards suppressed for this subject; record the subject of the others."""
+        """Drop the cards suppressed for this subject, keep at most ``limit`` of the rest
+        (most urgent first, as given) and record the subject of those."""
         if not issued or subject.patient is None:
-            return list(issued)
+            return list(issued)[:limit]
         now = self.clock()
         patient_hashes = self.hasher.candidates("patient", subject.patient)
         kinds = {card_kind(item) for item in issued}
@@ -275,6 +280,7 @@ class Suppressions:
                     )
                 ).all()
                 kept = [item for item in issued if not self._suppressed(item, subject, active)]
+                kept = kept[:limit]
                 self._record_subjects(conn, service_id, subject, kept, now)
         except SQLAlchemyError as exc:
             raise StorageError() from exc

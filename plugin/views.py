@@ -134,7 +134,10 @@ def call_service(service_id: str) -> Response:
     with phase("storage"):
         # Cards a clinician overrode for this patient stay away (plugin/suppression.py).
         issued = suppression.get_suppressions().issue(
-            service.id, suppression.subject_of(hook_request, evaluation), evaluation.issued
+            service.id,
+            suppression.subject_of(hook_request, evaluation),
+            evaluation.issued,
+            limit=current_app.config["CDS_MAX_CARDS_INT"],
         )
         get_store().record_issued(
             service.id,
@@ -149,7 +152,7 @@ def call_service(service_id: str) -> Response:
             ],
         )
     g.call_log["cards"] = len(issued)
-    g.call_log["suppressed"] = len(evaluation.issued) - len(issued)
+    g.call_log["evaluated"] = len(evaluation.issued)
     metrics.count_cards(service.id, (item.finding for item in issued))
     with phase("cards"):
         return jsonify(CdsResponse(cards=[item.card for item in issued]).wire())

@@ -78,3 +78,15 @@ def test_confirmation_brings_the_notification_back(make_app: Any) -> None:
     override_with(client, first["notify-municipal-doctor"], "already-notified")
     assert "notify-municipal-doctor" not in cards_by_kind(client, suspected_request())
     assert "notify-municipal-doctor" in cards_by_kind(client, confirmed_request())
+
+
+def test_a_suppressed_card_makes_room_for_the_next_one(make_app: Any) -> None:
+    """The cap applies after suppression: with CDS_MAX_CARDS=1 the next card moves up."""
+    client = make_app(CDS_MAX_CARDS="1").test_client()
+    first = cards_by_kind(client, suspected_request())
+    assert len(first) == 1
+    ((kind, card),) = first.items()
+    override_with(client, card, "already-notified")
+    second = cards_by_kind(client, suspected_request())
+    assert len(second) == 1
+    assert kind not in second
