@@ -111,8 +111,7 @@ class Allowlist:
             try:
                 normalise_base(part)
             except ValueError as exc:
-                raise ValueError(
-                    f"CDS_ALLOWED_FHIR_SERVERS entry {position}: {exc}") from None
+                raise ValueError(f"CDS_ALLOWED_FHIR_SERVERS entry {position}: {exc}") from None
         return cls(parts)
 
     def __len__(self) -> int:
@@ -234,12 +233,16 @@ class FhirClient:
     the token or the response body.
     """
 
-    def __init__(self, limits: ClientLimits | None = None,
-                 session: requests.Session | None = None) -> None:
+    def __init__(
+        self, limits: ClientLimits | None = None, session: requests.Session | None = None
+    ) -> None:
         self.limits = limits or ClientLimits()
         self.session = session or requests.Session()
-        adapter = _WatchedAdapter(pool_connections=self.limits.pool_size,
-                                  pool_maxsize=self.limits.pool_size, max_retries=0)
+        adapter = _WatchedAdapter(
+            pool_connections=self.limits.pool_size,
+            pool_maxsize=self.limits.pool_size,
+            max_retries=0,
+        )
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         # No cookies (a FHIR server's cookie must not ride along with another patient's
@@ -260,8 +263,9 @@ class FhirClient:
         """
         with self._lock:
             if self._executor is None or self._executor_pid != os.getpid():
-                self._executor = ThreadPoolExecutor(max_workers=self.limits.pool_size,
-                                                    thread_name_prefix="fhir-fetch")
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.limits.pool_size, thread_name_prefix="fhir-fetch"
+                )
                 self._executor_pid = os.getpid()
             return self._executor
 
@@ -278,8 +282,9 @@ class FhirClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def fetch(self, base: str, relative: str, token: str | None,
-              deadline: float | None = None) -> FetchResult:
+    def fetch(
+        self, base: str, relative: str, token: str | None, deadline: float | None = None
+    ) -> FetchResult:
         """GET ``base/relative`` and, for a Bundle, its ``next`` pages on the same base.
 
         ``deadline`` is a ``time.monotonic()`` instant; no call outlives it.
@@ -343,17 +348,19 @@ class FhirClient:
             raise FhirError("The FHIR server's answer is not a FHIR resource.")
         return body
 
-    def _exchange(self, url: str, token: str | None, deadline: float,
-                  remaining: float) -> bytes:
+    def _exchange(self, url: str, token: str | None, deadline: float, remaining: float) -> bytes:
         """One GET: status checked, body read; transport failures converted."""
         headers = {"Accept": FHIR_JSON}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        timeout = (min(self.limits.connect_timeout_s, remaining),
-                   min(self.limits.timeout_s, remaining))
+        timeout = (
+            min(self.limits.connect_timeout_s, remaining),
+            min(self.limits.timeout_s, remaining),
+        )
         try:
-            response = self.session.get(url, headers=headers, timeout=timeout, stream=True,
-                                        allow_redirects=False)
+            response = self.session.get(
+                url, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+            )
         except requests.Timeout:
             raise FhirUnavailable("The FHIR server did not answer in time.") from None
         except requests.RequestException:

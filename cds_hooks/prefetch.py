@@ -161,8 +161,9 @@ def _fetch(
         allowlist = Allowlist(allowed or ())
     if not allowlist.allows(base):
         # No connection at all: the token must not reach a server nobody vouched for.
-        logger.warning("fhirServer is not on CDS_ALLOWED_FHIR_SERVERS; %d prefetch keys "
-                       "not fetched", len(keys))
+        logger.warning(
+            "fhirServer is not on CDS_ALLOWED_FHIR_SERVERS; %d prefetch keys not fetched", len(keys)
+        )
         return {}
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
     deadline = time.monotonic() + max(budget_ms, 0) / 1000
@@ -180,8 +181,9 @@ def _fetch(
     done, not_done = wait(futures, timeout=max(deadline - time.monotonic(), 0) + grace)
     for future in not_done:
         future.cancel()  # queued fetches never start; running ones stop at the deadline
-        logger.warning("prefetch key %s: fetch did not finish within %d ms", futures[future],
-                       budget_ms)
+        logger.warning(
+            "prefetch key %s: fetch did not finish within %d ms", futures[future], budget_ms
+        )
     fetched: dict[str, list[dict[str, Any]]] = {}
     for future in done:
         key = futures[future]
