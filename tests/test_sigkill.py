@@ -72,8 +72,11 @@ def kill_workers_under_load(service: ServiceProcess) -> tuple[list[str], list[st
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
-    assert not set(killed) & set(service.workers()), "a killed worker is still listed"
+    deadline = time.monotonic() + 15
+    while len(service.workers()) != 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert len(service.workers()) == 2, "gunicorn did not replace the killed workers"
+    assert not set(killed) & set(service.workers()), "a killed worker is still listed"
     return [c for part in answered for c in part], [c for part in failed for c in part]
 
 
