@@ -234,10 +234,17 @@ class FhirClient:
     """
 
     def __init__(
-        self, limits: ClientLimits | None = None, session: requests.Session | None = None
+        self,
+        limits: ClientLimits | None = None,
+        session: requests.Session | None = None,
+        *,
+        ca_bundle: str | None = None,
     ) -> None:
         self.limits = limits or ClientLimits()
         self.session = session or requests.Session()
+        # TLS is always verified: against certifi's CAs, or a hospital CA bundle given here
+        # (the environment's REQUESTS_CA_BUNDLE is not read, see trust_env below).
+        self.session.verify = ca_bundle or True
         adapter = _WatchedAdapter(
             pool_connections=self.limits.pool_size,
             pool_maxsize=self.limits.pool_size,
