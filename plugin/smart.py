@@ -574,4 +574,8 @@ bp.after_request(security_headers)
 
 def init_app(app: Flask) -> None:
     app.extensions["smart_sessions"] = SessionStore(app.extensions["cds_store"].engine)
+    # Authlib logs token requests and issued tokens at DEBUG: never let those reach a log.
+    authlib_log = logging.getLogger("authlib")
+    if authlib_log.level < logging.INFO:
+        authlib_log.setLevel(logging.INFO)
     app.register_blueprint(bp)

@@ -8,6 +8,7 @@ the one browser hop (the EHR's authorize endpoint) with requests.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -270,6 +271,30 @@ def test_access_token_stays_on_the_server(smart_app: Flask, ehr: SmartEhr) -> No
         assert access_token not in row["payload"]
         assert "patient-secret-id" not in row["payload"]
         assert len(row["key_hash"]) == 64
+
+
+def test_logs_carry_no_token_code_state_or_patient(
+    smart_app: Flask, ehr: SmartEhr, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = smart_app.test_client()
+    callback = start_launch(client, ehr, ehr.new_launch("patient-in-log-test", "enc-in-log-test"))
+    query = parse_qs(urlsplit(callback).query)
+    assert client.get(callback).status_code == 303
+    client.get("/smart/")  # the FHIR side is unreachable here: an error page, logged
+    client.get(callback)  # a replayed state, logged as refused
+    (access_token,) = ehr.tokens
+    secrets_seen = [
+        access_token,
+        query["code"][0],
+        query["state"][0],
+        "patient-in-log-test",
+        "enc-in-log-test",
+    ]
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "smart" in text  # the calls were logged at all
+    for secret in secrets_seen:
+        assert secret not in text
 
 
 # --- Session -----------------------------------------------------------------------------
