@@ -95,9 +95,16 @@ def _token_value(name: str, context: Mapping[str, Any]) -> str:
     raise UnfillableTemplate(name)
 
 
+def _encoded(name: str, context: Mapping[str, Any]) -> str:
+    try:
+        return quote(_token_value(name, context), safe="")
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form, so no URL form
+        raise UnfillableTemplate(name) from None
+
+
 def fill_template(template: str, context: Mapping[str, Any]) -> str:
     """The template with every ``{{token}}`` replaced by its URL-encoded value."""
-    return TOKEN.sub(lambda m: quote(_token_value(m.group(1), context), safe=""), template)
+    return TOKEN.sub(lambda m: _encoded(m.group(1), context), template)
 
 
 def resolve(

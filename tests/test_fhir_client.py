@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import requests
 import responses
+from hypothesis import given
+from hypothesis import strategies as st
 from responses import matchers
 
 from cds_hooks.errors import FhirAuthError, FhirError, FhirNotAllowed, FhirUnavailable
@@ -302,3 +304,26 @@ def test_cookies_are_never_kept(client: FhirClient) -> None:
         client.fetch(BASE, "Patient/a", TOKEN)
         client.fetch(BASE, "Patient/b", TOKEN)
         assert "Cookie" not in mock.calls[1].request.headers
+
+
+# --- properties --------------------------------------------------------------
+
+
+hosts = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True)
+paths = st.lists(st.from_regex(r"[A-Za-z0-9_.~-]{1,12}", fullmatch=True), max_size=4)
+
+
+@given(scheme=st.sampled_from(["http", "https"]), host=hosts,
+       port=st.none() | st.integers(1, 65535), segments=paths, slash=st.booleans())
+def test_normalise_base_is_idempotent_and_allowlist_exact(
+        scheme: str, host: str, port: int | None, segments: list[str], slash: bool) -> None:
+    url = f"{scheme}://{host}{'' if port is None else f':{port}'}/{'/'.join(segments)}"
+    url += "/" if slash else ""
+    once = normalise_base(url)
+    assert normalise_base(once) == once
+    allow = Allowlist([url])
+    assert allow.allows(url)
+    assert allow.allows(once)
+    assert not allow.allows(f"{once}/x")
+    assert not allow.allows(once.replace(f"://{host}", f"://{host}.evil.test", 1))
+    assert same_base(f"{once}/Condition?patient=1", url)

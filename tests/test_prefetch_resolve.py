@@ -9,6 +9,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import responses
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cds_hooks.errors import DataUnavailable
 from cds_hooks.fhir import Allowlist, FhirClient
@@ -95,6 +97,7 @@ def test_fill_template_encodes_values() -> None:
     ("PractitionerRole/{{userPractitionerRoleId}}", {"userId": "Practitioner/1"}),
     ("Patient/{{userPatientId}}", {"userId": "Patient/1/extra"}),
     ("X/{{unknownToken}}", {"userId": "Practitioner/1"}),
+    ("Patient/{{context.patientId}}", {"patientId": "lone \ud800 surrogate"}),
 ])
 def test_unfillable_tokens(template: str, context: dict[str, Any]) -> None:
     with pytest.raises(UnfillableTemplate):
@@ -230,3 +233,17 @@ def test_unfillable_template_key_is_unavailable(client: FhirClient) -> None:
         resolve(svc, hook_request(), client=client, allowed=[BASE])
     assert caught.value.details == [{"prefetchKey": "role"}]
     assert len(responses.calls) == 0
+
+
+# --- properties --------------------------------------------------------------
+
+
+
+@given(value=st.text(min_size=1, max_size=40))
+def test_filled_values_cannot_change_the_query(value: str) -> None:
+    filled = fill_template("Condition?patient={{context.patientId}}&code=a|b",
+                           {"patientId": value})
+    query = parse_qs(urlsplit(filled).query, keep_blank_values=True)
+    assert query["patient"] == [value]
+    assert query["code"] == ["a|b"]
+    assert set(query) == {"patient", "code"}
