@@ -194,7 +194,8 @@ def _start_timer() -> None:
 def _record(response: Response) -> Response:
     metrics = _metrics()
     start = g.get("metrics_start")
-    endpoint = ENDPOINTS.get(request.endpoint or "", "other")
+    # Route names are a fixed set; a URL that matched no route counts as "(none)".
+    endpoint = ENDPOINTS.get(request.endpoint or "", request.endpoint or "(none)")
     service = _service_label((request.view_args or {}).get("service_id"))
     status = response.status_code
     metrics.requests.labels(endpoint=endpoint, service=service, status=str(status)).inc()

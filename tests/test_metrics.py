@@ -156,3 +156,10 @@ def test_gunicorn_workers_are_summed(tmp_path: Path) -> None:
         assert len({f.name.rsplit("_", 1)[-1] for f in files}) >= 2, "one file set per worker"
     finally:
         assert service.stop() == 0
+
+
+def test_urls_without_a_route_share_one_label(client: FlaskClient) -> None:
+    for path in ("/nothing-here", "/also/not/here"):
+        assert client.get(path).status_code == 404
+    assert value(client, "cds_requests_total", endpoint="(none)", service="", status="404") == 2
+    assert value(client, "cds_http_errors_total", status_class="4xx", status="404") == 2
