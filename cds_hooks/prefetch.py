@@ -96,8 +96,11 @@ def _token_value(name: str, context: Mapping[str, Any]) -> str:
 
 
 def _encoded(name: str, context: Mapping[str, Any]) -> str:
+    value = _token_value(name, context)
+    if value in (".", ".."):  # a dot segment would move the URL's path, not name an id
+        raise UnfillableTemplate(name)
     try:
-        return quote(_token_value(name, context), safe="")
+        return quote(value, safe="")
     except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form, so no URL form
         raise UnfillableTemplate(name) from None
 

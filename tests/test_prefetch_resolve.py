@@ -98,6 +98,8 @@ def test_fill_template_encodes_values() -> None:
     ("Patient/{{userPatientId}}", {"userId": "Patient/1/extra"}),
     ("X/{{unknownToken}}", {"userId": "Practitioner/1"}),
     ("Patient/{{context.patientId}}", {"patientId": "lone \ud800 surrogate"}),
+    ("Encounter/{{context.encounterId}}", {"encounterId": ".."}),
+    ("Encounter/{{context.encounterId}}", {"encounterId": "."}),
 ])
 def test_unfillable_tokens(template: str, context: dict[str, Any]) -> None:
     with pytest.raises(UnfillableTemplate):
