@@ -10,10 +10,12 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
+from cds_hooks.fhir import Allowlist, ClientLimits, FhirClient
 from cds_hooks.services import ServiceRegistry
 from plugin import admin, auth, body_limit, errors, headers, metrics, smart, suppression, views
 from plugin.config import as_int, as_list, database_url, load_settings
 from plugin.storage import Store, create_db_engine, migrate
+from plugin.views import FhirAccess
 
 
 def build_registry(settings: Mapping[str, Any]) -> ServiceRegistry:
@@ -50,6 +52,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if not overrides.get("CDS_SKIP_MIGRATE"):
         migrate(url)
     app.extensions["cds_store"] = Store(create_db_engine(url))
+    app.extensions["cds_fhir"] = FhirAccess(
+        client=FhirClient(
+            ClientLimits(
+                timeout_s=as_int("CDS_FHIR_TIMEOUT_MS", settings["CDS_FHIR_TIMEOUT_MS"]) / 1000,
+                max_pages=as_int("CDS_FHIR_MAX_PAGES", settings["CDS_FHIR_MAX_PAGES"]),
+            ),
+            ca_bundle=str(settings["CDS_FHIR_CA_BUNDLE"] or "") or None,
+        ),
+        # A bad entry stops the service at start rather than at the first call.
+        allowed=Allowlist.from_setting(str(settings["CDS_ALLOWED_FHIR_SERVERS"] or "")),
+        budget_ms=as_int("CDS_PREFETCH_BUDGET_MS", settings["CDS_PREFETCH_BUDGET_MS"]),
+    )
     app.extensions["cds_registry"] = registry if registry is not None else build_registry(settings)
 
     origins = as_list(settings["CDS_CORS_ORIGINS"])

@@ -75,6 +75,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Timeout of each FHIR HTTP call, in milliseconds "
         "(never beyond what is left of the budget).",
     ),
+    Setting(
+        "CDS_FHIR_CA_BUNDLE",
+        "",
+        "Path to a CA bundle (PEM) for FHIR servers signed by a hospital CA. Empty: the "
+        "public CAs. TLS is always verified.",
+    ),
     Setting("CDS_FHIR_MAX_PAGES", "5", "Most Bundle pages followed per prefetch key."),
     Setting(
         "CDS_TRUSTED_CLIENTS",

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from cds_hooks import prefetch
 from cds_hooks.errors import InvalidRequest, UnsupportedMediaType
+from cds_hooks.fhir import Allowlist, FhirClient
 from cds_hooks.models import CdsResponse, Discovery, Feedback, HookRequest
 from cds_hooks.services import CdsService, PrefetchData, ServiceRegistry
 from plugin import auth, metrics, suppression
@@ -158,8 +160,21 @@ def call_service(service_id: str) -> Response:
         return jsonify(CdsResponse(cards=[item.card for item in issued]).wire())
 
 
+@dataclass(frozen=True, slots=True)
+class FhirAccess:
+    """The app's one FHIR client, with the allowlist and time budget it fetches under."""
+
+    client: FhirClient
+    allowed: Allowlist
+    budget_ms: int
+
+
 def resolve_data(service: CdsService, hook_request: HookRequest) -> PrefetchData:
-    return prefetch.resolve(service, hook_request)
+    """The request's prefetch, with absent keys fetched from an allowlisted fhirServer."""
+    fhir: FhirAccess = current_app.extensions["cds_fhir"]
+    return prefetch.resolve(
+        service, hook_request, client=fhir.client, budget_ms=fhir.budget_ms, allowed=fhir.allowed
+    )
 
 
 @bp.post("/cds-services/<service_id>/feedback")

@@ -29,6 +29,7 @@ def make_app(tmp_path: Path) -> Iterator[Any]:
     yield factory
     for app in apps:
         app.extensions["cds_store"].engine.dispose()
+        app.extensions["cds_fhir"].client.close()
 
 
 @pytest.fixture
