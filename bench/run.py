@@ -340,7 +340,7 @@ def measure_or_fail(
     status, answer = http_json("POST", url, body)
     if status != 200:
         raise ScenarioError(f"{name}: the call answered {status}: {json.dumps(answer)[:500]}")
-    run_wrk(url, body_file, 1, args.connections)  # warm-up: caches, connections, JIT-free paths
+    run_wrk(url, body_file, 1, args.connections)  # warm-up: caches, lazy imports, connections
     peak = run_wrk(url, body_file, args.duration, args.connections)
     if peak["non_2xx"] or peak["socket_errors"]:
         raise ScenarioError(f"{name}: errors under load: {peak}")
