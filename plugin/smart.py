@@ -48,7 +48,6 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from cds_hooks.errors import CdsError, DataUnavailable, FhirAuthError, FhirError, FhirNotAllowed
-from cds_hooks.fhir import Allowlist
 from cds_hooks.knowledge import Content, default_content_path, load_content
 from cds_hooks.models import FhirAuthorization, HookRequest
 from cds_hooks.services import IssuedCard
@@ -131,8 +130,9 @@ def fhir_base(url: str) -> str:
 
 
 def allowed_fhir_server(iss: str) -> bool:
-    """The CDS service's own allowlist (CDS_ALLOWED_FHIR_SERVERS), compared the same way."""
-    return Allowlist.from_setting(str(current_app.config["CDS_ALLOWED_FHIR_SERVERS"])).allows(iss)
+    """The CDS service's own allowlist (CDS_ALLOWED_FHIR_SERVERS): the one its fetches use."""
+    fhir: views.FhirAccess = current_app.extensions["cds_fhir"]
+    return fhir.allowed.allows(iss)
 
 
 def _is_loopback(host: str | None) -> bool:
