@@ -84,8 +84,10 @@ def _templates(knowledge: Knowledge) -> dict[str, str]:
     lab_codes = ",".join(f"{system}|{code}" for system, code in sorted(lab.codes))
     aerosol_codes = ",".join(f"{system}|{code}" for system, code in aerosol_search_codes(knowledge))
     return {
+        # No code filter: a Condition recorded as text only cannot be found by code. Large
+        # pages keep a long problem list within CDS_FHIR_MAX_PAGES.
         CONDITIONS: "Condition?patient={{context.patientId}}"
-        "&clinical-status=active,recurrence,relapse",
+        "&clinical-status=active,recurrence,relapse&_count=1000",
         OBSERVATIONS: "Observation?patient={{context.patientId}}&code=" + lab_codes,
         ENCOUNTER: "Encounter/{{context.encounterId}}",
         AEROSOL_ORDERS: "ServiceRequest?patient={{context.patientId}}&status=active&code="

@@ -198,9 +198,18 @@ def _fetch(
     for future in done:
         key = futures[future]
         try:
-            fetched[key] = future.result().resources
+            result = future.result()
         except CdsError as exc:
             logger.warning("prefetch key %s: %s", key, exc.code)
         except Exception as exc:  # noqa: BLE001  one key's bad answer costs that key, not a 500
             logger.error("prefetch key %s: unexpected %s", key, type(exc).__name__)
+        else:
+            if result.truncated:
+                # Part of a search is not the whole record: the missing pages could hold the
+                # very Condition that matters, so the key is unknown, never "nothing found".
+                logger.warning(
+                    "prefetch key %s: search cut short after %d pages", key, result.pages
+                )
+            else:
+                fetched[key] = result.resources
     return fetched
