@@ -64,6 +64,10 @@ _SETTING_REGIME = frozenset(
     }
 )
 _CHART = _SETTING_REGIME | {RESPIRATOR, STAFF_IN_VULNERABLE_GROUPS}
+# Opening the chart of a suspected or confirmed case also reminds of the duty to notify (8):
+# it is the one moment every EHR offers (the SMART page runs patient-view), and an override
+# "allerede varslet kommunelegen" keeps the card away for the time the content sets.
+_CHART_VIEW = _CHART | {NOTIFY_MUNICIPAL_DOCTOR}
 
 # Which findings answer which moment.
 Wanted = Callable[[Facts], Collection[str]]
@@ -259,7 +263,7 @@ def build_registry(
                 "mkopper-patient-view",
                 "patient-view",
                 chart,
-                wanted=_fixed(_CHART),
+                wanted=_fixed(_CHART_VIEW),
                 required=STATUS_KEYS,
                 required_context=("patientId",),
                 orders_from=AEROSOL_ORDERS,

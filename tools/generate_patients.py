@@ -610,16 +610,39 @@ PATIENTS = {
 # care setting, the respirator under 5.2 for an aerosol-generating procedure, and section 7
 # (staff in vulnerable groups) whenever m-kopper is suspected or confirmed.
 EXPECTED_CARDS: dict[str, list[str]] = {
-    "mk-suspected-outpatient": ["droplet-precautions-outpatient", "staff-in-vulnerable-groups"],
-    "mk-suspected-emergency-respiratory": [
+    # At most three cards, the most urgent first: the duty to notify, the regime for the
+    # setting, then staff in vulnerable groups (cut where the respirator card outranks it).
+    "mk-suspected-outpatient": [
+        "notify-municipal-doctor",
         "droplet-precautions-outpatient",
         "staff-in-vulnerable-groups",
     ],
-    "mk-confirmed-inpatient": ["isolation-inpatient", "staff-in-vulnerable-groups"],
-    "mk-confirmed-lab-only": ["droplet-precautions-outpatient", "staff-in-vulnerable-groups"],
-    "mk-text-only": ["droplet-precautions-outpatient", "staff-in-vulnerable-groups"],
-    "mk-inpatient-aerosol": ["isolation-inpatient", "respirator", "staff-in-vulnerable-groups"],
-    "mk-large-record": ["isolation-inpatient", "staff-in-vulnerable-groups"],
+    "mk-suspected-emergency-respiratory": [
+        "notify-municipal-doctor",
+        "droplet-precautions-outpatient",
+        "staff-in-vulnerable-groups",
+    ],
+    "mk-confirmed-inpatient": [
+        "notify-municipal-doctor",
+        "isolation-inpatient",
+        "staff-in-vulnerable-groups",
+    ],
+    "mk-confirmed-lab-only": [
+        "notify-municipal-doctor",
+        "droplet-precautions-outpatient",
+        "staff-in-vulnerable-groups",
+    ],
+    "mk-text-only": [
+        "notify-municipal-doctor",
+        "droplet-precautions-outpatient",
+        "staff-in-vulnerable-groups",
+    ],
+    "mk-inpatient-aerosol": ["notify-municipal-doctor", "isolation-inpatient", "respirator"],
+    "mk-large-record": [
+        "notify-municipal-doctor",
+        "isolation-inpatient",
+        "staff-in-vulnerable-groups",
+    ],
 }
 
 
