@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cds_hooks.services import CdsService, Evaluation, PrefetchData, ServiceRegistry
 from tests.fake_services import fake_registry
-from tests.service_process import ServiceProcess, http
+from tests.service_process import ServiceProcess, free_port, http
 from tests.test_http_errors import request_body
 
 PATIENT_ID = "pat-secret-4711"
@@ -163,3 +163,21 @@ def test_urls_without_a_route_share_one_label(client: FlaskClient) -> None:
         assert client.get(path).status_code == 404
     assert value(client, "cds_requests_total", endpoint="(none)", service="", status="404") == 2
     assert value(client, "cds_http_errors_total", status_class="4xx", status="404") == 2
+
+
+def test_an_unreachable_fhir_server_is_counted(make_app: Any) -> None:
+    port = free_port()  # nothing listens here: every fetch is refused
+    fhir_base = f"http://127.0.0.1:{port}/fhir"
+    client = make_app(CDS_REGISTRY=_registry_with_optional_key(),
+                      CDS_ALLOWED_FHIR_SERVERS=fhir_base).test_client()
+    body = request_body(prefetch=None, fhirServer=fhir_base)
+    body.pop("prefetch")
+
+    # An optional key that cannot be fetched: the call goes on without it.
+    assert client.post("/cds-services/optional-view", json=body).status_code == 200
+    assert value(client, "cds_fhir_fetch_failures_total", service="optional-view",
+                 key="observations") == 1
+    # A required key that cannot be fetched ends the call in the prefetch phase.
+    assert client.post("/cds-services/test-view", json=body).status_code == 412
+    assert value(client, "cds_phase_errors_total", service="test-view", phase="prefetch",
+                 code="prefetch-unavailable") == 1
