@@ -93,6 +93,19 @@ class CdsService:
                 "The hook context is incomplete.",
                 details=[{"path": f"context.{key}", "problem": "required"} for key in missing],
             )
+        # Ids in the context (patientId, encounterId, userId ...) are strings in every hook.
+        wrong = [
+            key
+            for key, value in request.context.items()
+            if key.endswith("Id") and value is not None and not isinstance(value, str)
+        ]
+        if wrong:
+            raise InvalidRequest(
+                "The hook context is not valid.",
+                details=[
+                    {"path": f"context.{key}", "problem": "must be a string"} for key in wrong
+                ],
+            )
 
 
 class ServiceRegistry:

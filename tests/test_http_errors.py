@@ -140,3 +140,11 @@ def test_unsigned_call_from_remote_address_is_401(client: FlaskClient) -> None:
                            environ_base={"REMOTE_ADDR": "10.1.2.3"})
     assert_error_shape(response, 401, "unauthorized")
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("value", [5, 1.5, True, ["pat-1"], {"id": "pat-1"}])
+def test_context_id_of_wrong_type_is_400(client: FlaskClient, value: Any) -> None:
+    response = client.post("/cds-services/test-view",
+                           json=request_body(context={"patientId": value}))
+    error = assert_error_shape(response, 400, "invalid-request")
+    assert error["details"] == [{"path": "context.patientId", "problem": "must be a string"}]
