@@ -67,6 +67,59 @@ FHIR_JSON = "application/fhir+json"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+# One small resource of each type the rules validate, with the nested types they carry.
+_WARM_UP: tuple[dict[str, Any], ...] = (
+    {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "0"}], "text": "t"},
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "verificationStatus": {"coding": [{"code": "provisional"}]},
+        "onsetDateTime": "2025-01-01",
+        "recordedDate": "2025-01-01",
+    },
+    {
+        "resourceType": "Encounter",
+        "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/p"},
+        "period": {"start": "2025-01-01T00:00:00Z"},
+    },
+    {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "0"}]},
+        "subject": {"reference": "Patient/p"},
+        "effectiveDateTime": "2025-01-01T00:00:00Z",
+        "valueCodeableConcept": {"coding": [{"code": "0"}]},
+        "interpretation": [{"coding": [{"code": "POS"}]}],
+    },
+    {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "0"}]},
+        "subject": {"reference": "Patient/p"},
+    },
+    {
+        "resourceType": "Communication",
+        "status": "completed",
+        "subject": {"reference": "Patient/p"},
+        "payload": [{"contentString": "t"}],
+    },
+)
+
+
+def warm_up() -> None:
+    """Validate one resource of each type once, so the models' validators are built now.
+
+    fhir.resources builds a model's validators on its first use (about 30 ms for a
+    Condition); doing it before the server forks spares every worker's first calls.
+    """
+    for resource in _WARM_UP:
+        parse_resource(resource)
+
+
 def normalise_base(url: str) -> str:
     """A FHIR base URL in one comparable form: scheme, host, port, path without trailing slash.
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cds_hooks.fhir import warm_up
 from plugin import metrics
 from plugin.config import as_int, data_dir, database_url, load_settings
 
@@ -132,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         # directory per port so two instances sharing a data directory keep apart.
         metrics.enable_multiprocess(Path(data_dir(settings)) / f"prometheus-{port}")
     app = create_app({"CDS_SKIP_MIGRATE": True})
+    warm_up()
     if args.dev:
         app.run(host=host, port=port, debug=False, use_reloader=False)
         return 0
