@@ -1,0 +1,37 @@
+"""Every row of the README's attack table names a test that exists."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def attack_rows() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text.split("### Attacks and outcomes", 1)[1].split("\n## ", 1)[0]
+    return [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
+
+
+def defined_tests(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+def test_every_row_names_an_existing_test() -> None:
+    rows = attack_rows()
+    assert len(rows) >= 30
+    missing = []
+    for row in rows:
+        cell = row.rstrip(" |").rsplit("|", 1)[1]
+        names = re.findall(r"`(?:(tests/[\w/]+\.py)::)?(test_\w+)`", cell)
+        assert names, row
+        current = ROOT / "tests" / "test_auth.py"
+        for file, name in names:
+            if file:
+                current = ROOT / file
+            if name not in defined_tests(current):
+                missing.append(f"{current.name}::{name}")
+    assert missing == []
