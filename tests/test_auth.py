@@ -1,6 +1,6 @@
 """The calling EHR must prove itself with a CDS Hooks JWT: one test per attack, each a 401.
 
-The table in docs/security.md names these tests; keep the two in step.
+The README's attack table names these tests; tests/test_attack_table.py keeps the two in step.
 """
 
 from __future__ import annotations
