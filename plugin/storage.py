@@ -124,6 +124,32 @@ def migrate(url: str) -> None:
     command.upgrade(config, "head")
 
 
+def insert_issued(
+    conn: sa.Connection,
+    service_id: str,
+    hook_instance: str,
+    cards: Sequence[tuple[str, str, str | None]],
+) -> None:
+    """Insert issued cards (card uuid, finding, topic code) in the caller's transaction."""
+    if not cards:
+        return
+    now = _utcnow()
+    conn.execute(
+        issued_cards.insert(),
+        [
+            {
+                "card_uuid": uuid,
+                "service_id": service_id,
+                "finding": finding,
+                "topic": topic,
+                "hook_instance": hook_instance[:100],
+                "issued_at": now,
+            }
+            for uuid, finding, topic in cards
+        ],
+    )
+
+
 class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -141,21 +167,9 @@ class Store:
         """Remember each card issued: (card uuid, finding, topic code)."""
         if not cards:
             return
-        now = _utcnow()
-        rows = [
-            {
-                "card_uuid": uuid,
-                "service_id": service_id,
-                "finding": finding,
-                "topic": topic,
-                "hook_instance": hook_instance[:100],
-                "issued_at": now,
-            }
-            for uuid, finding, topic in cards
-        ]
         try:
             with self.engine.begin() as conn:
-                conn.execute(issued_cards.insert(), rows)
+                insert_issued(conn, service_id, hook_instance, cards)
         except SQLAlchemyError as exc:
             raise StorageError() from exc
 

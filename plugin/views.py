@@ -18,15 +18,16 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection
 
 from cds_hooks import prefetch
 from cds_hooks.errors import InvalidRequest, UnsupportedMediaType
 from cds_hooks.fhir import Allowlist, FhirClient
 from cds_hooks.models import CdsResponse, Discovery, Feedback, HookRequest
-from cds_hooks.services import CdsService, PrefetchData, ServiceRegistry
+from cds_hooks.services import CdsService, IssuedCard, PrefetchData, ServiceRegistry
 from plugin import auth, metrics, suppression
 from plugin.config import as_bool
-from plugin.storage import Store
+from plugin.storage import Store, insert_issued
 
 log = logging.getLogger("plugin.calls")
 
@@ -134,24 +135,30 @@ def call_service(service_id: str) -> Response:
     with phase("rules"):
         evaluation = service.evaluate(hook_request, data)
     with phase("storage"):
-        # Cards a clinician overrode for this patient stay away (plugin/suppression.py).
+
+        def record(conn: Connection, shown: list[IssuedCard]) -> None:
+            insert_issued(
+                conn,
+                service.id,
+                hook_request.hookInstance,
+                [
+                    (
+                        item.card.uuid or "",
+                        item.finding,
+                        item.card.source.topic.code if item.card.source.topic else None,
+                    )
+                    for item in shown
+                ],
+            )
+
+        # Cards a clinician overrode for this patient stay away (plugin/suppression.py); the
+        # cards shown are recorded in the same transaction.
         issued = suppression.get_suppressions().issue(
             service.id,
             suppression.subject_of(hook_request, evaluation),
             evaluation.issued,
             limit=current_app.config["CDS_MAX_CARDS_INT"],
-        )
-        get_store().record_issued(
-            service.id,
-            hook_request.hookInstance,
-            [
-                (
-                    item.card.uuid or "",
-                    item.finding,
-                    item.card.source.topic.code if item.card.source.topic else None,
-                )
-                for item in issued
-            ],
+            record=record,
         )
     g.call_log["cards"] = len(issued)
     g.call_log["evaluated"] = len(evaluation.issued)
