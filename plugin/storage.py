@@ -114,6 +114,8 @@ def create_db_engine(url: str) -> Engine:
 
 def migrate(url: str) -> None:
     """Upgrade the database at ``url`` to the newest schema revision."""
+    # Keep "Running upgrade ..." in the log, not alembic's plugin set-up chatter at import.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from alembic import command
     from alembic.config import Config
 
