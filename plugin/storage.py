@@ -163,18 +163,6 @@ class Store:
         except SQLAlchemyError as exc:
             raise StorageError() from exc
 
-    def record_issued(
-        self, service_id: str, hook_instance: str, cards: Sequence[tuple[str, str, str | None]]
-    ) -> None:
-        """Remember each card issued: (card uuid, finding, topic code)."""
-        if not cards:
-            return
-        try:
-            with self.engine.begin() as conn:
-                insert_issued(conn, service_id, hook_instance, cards)
-        except SQLAlchemyError as exc:
-            raise StorageError() from exc
-
     def record_feedback(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
         """Store feedback in one transaction, committed before this returns."""
         items = list(items)
