@@ -14,7 +14,7 @@ from cds_hooks.fhir import Allowlist, ClientLimits, FhirClient
 from cds_hooks.services import ServiceRegistry
 from plugin import admin, auth, body_limit, errors, headers, metrics, smart, suppression, views
 from plugin.config import as_int, as_list, database_url, load_settings
-from plugin.storage import Store, create_db_engine, migrate
+from plugin.storage import Store, create_db_engine, migrate, utcnow
 from plugin.views import FhirAccess
 
 
@@ -30,9 +30,11 @@ def build_registry(settings: Mapping[str, Any]) -> ServiceRegistry:
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app. ``test_config`` overrides settings (and may inject ``CDS_REGISTRY``)."""
+    """Build the app. ``test_config`` overrides settings (and may inject ``CDS_REGISTRY`` and
+    ``CDS_CLOCK``, the one clock that storage and suppression read)."""
     overrides = dict(test_config or {})
     registry = overrides.pop("CDS_REGISTRY", None)
+    clock = overrides.pop("CDS_CLOCK", utcnow)
     settings = load_settings(overrides=overrides)
 
     app = Flask(__name__)
@@ -51,7 +53,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     url = database_url(settings)
     if not overrides.get("CDS_SKIP_MIGRATE"):
         migrate(url)
-    app.extensions["cds_store"] = Store(create_db_engine(url))
+    app.extensions["cds_store"] = Store(create_db_engine(url), clock)
     app.extensions["cds_fhir"] = FhirAccess(
         client=FhirClient(
             ClientLimits(

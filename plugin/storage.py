@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,8 +85,11 @@ class StoredFeedback:
     received_at: datetime
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+Clock = Callable[[], datetime]
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -131,11 +134,11 @@ def insert_issued(
     service_id: str,
     hook_instance: str,
     cards: Sequence[tuple[str, str, str | None]],
+    now: datetime,
 ) -> None:
     """Insert issued cards (card uuid, finding, topic code) in the caller's transaction."""
     if not cards:
         return
-    now = _utcnow()
     conn.execute(
         issued_cards.insert(),
         [
@@ -153,8 +156,9 @@ def insert_issued(
 
 
 class Store:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, clock: Clock = utcnow):
         self.engine = engine
+        self.clock = clock
 
     def ping(self) -> None:
         try:
@@ -166,7 +170,7 @@ class Store:
     def record_feedback(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
         """Store feedback in one transaction, committed before this returns."""
         items = list(items)
-        now = _utcnow()
+        now = self.clock()
         try:
             with self.engine.begin() as conn:
                 uuids = [item.card for item in items]
@@ -234,7 +238,7 @@ class Store:
     def remember_jti(self, key: str, expires_at: datetime) -> bool:
         """Record a JWT id; False when it was already seen and has not expired."""
         key_hash = hashlib.sha256(key.encode("utf-8")).hexdigest()
-        now = _utcnow()
+        now = self.clock()
         try:
             with self.engine.begin() as conn:
                 conn.execute(jwt_replay.delete().where(jwt_replay.c.expires_at < now))

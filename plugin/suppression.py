@@ -27,7 +27,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,9 @@ from cds_hooks.knowledge import Knowledge, Language, load_knowledge
 from cds_hooks.models import FeedbackItem, HookRequest
 from cds_hooks.services import Evaluation, IssuedCard
 from plugin.config import as_list, data_dir
-from plugin.storage import StorageError, Store, metadata
+from plugin.storage import Clock, StorageError, Store, metadata, utcnow
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
 
 # Feedback comes while the card is on screen, or later from an EHR's retry queue; a card's
 # patient hash is kept this long for it, then deleted (feedback after that suppresses nothing).
@@ -82,10 +80,6 @@ suppressions = sa.Table(
 )
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 # Built once: a call only binds values (statement building was a tenth of a call's time).
 _OLD_SUBJECTS = card_subjects.delete().where(card_subjects.c.issued_at < sa.bindparam("cutoff"))
 _ACTIVE_SUPPRESSIONS = sa.select(
@@ -97,7 +91,7 @@ _ACTIVE_SUPPRESSIONS = sa.select(
 )
 
 # Called inside the transaction that decides which cards are shown, with those cards.
-RecordIssued = Callable[[sa.Connection, list[IssuedCard]], None]
+RecordIssued = Callable[[sa.Connection, list[IssuedCard], datetime], None]
 
 
 def card_kind(item: IssuedCard) -> str:
@@ -295,7 +289,7 @@ class Suppressions:
                     kept = kept[:limit]
                     self._record_subjects(conn, service_id, subject, kept, now)
                 if record is not None and kept:
-                    record(conn, kept)
+                    record(conn, kept, now)
         except SQLAlchemyError as exc:
             raise StorageError() from exc
         return kept
@@ -436,5 +430,5 @@ def init_app(app: Flask) -> None:
         injected if isinstance(injected, Policy) else (lambda: policy_from_settings(settings))
     )
     app.extensions["cds_suppression"] = Suppressions(
-        store.engine, hasher_from_settings(settings), policy
+        store.engine, hasher_from_settings(settings), policy, clock=store.clock
     )

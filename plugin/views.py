@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -136,7 +137,7 @@ def call_service(service_id: str) -> Response:
         evaluation = service.evaluate(hook_request, data)
     with phase("storage"):
 
-        def record(conn: Connection, shown: list[IssuedCard]) -> None:
+        def record(conn: Connection, shown: list[IssuedCard], now: datetime) -> None:
             insert_issued(
                 conn,
                 service.id,
@@ -149,6 +150,7 @@ def call_service(service_id: str) -> Response:
                     )
                     for item in shown
                 ],
+                now,
             )
 
         # Cards a clinician overrode for this patient stay away (plugin/suppression.py); the

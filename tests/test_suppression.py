@@ -95,12 +95,12 @@ def make_suppression_app(make_app: Any, clock: Clock, **overrides: Any) -> Flask
         key: overrides.pop(key) for key in ("per_encounter", "status_bound") if key in overrides
     }
     config: dict[str, Any] = {
+        "CDS_CLOCK": clock,
         "CDS_REGISTRY": suppression_registry(),
         "CDS_SUPPRESSION_POLICY": content_policy(**flags),
     }
     config.update(overrides)
     app: Flask = make_app(**config)
-    app.extensions["cds_suppression"].clock = clock
     return app
 
 
