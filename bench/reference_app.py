@@ -18,7 +18,7 @@ from flask import Flask, Response, jsonify, request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from plugin.serve import (
+from plugin.cli.serve import (
     DEFAULT_THREADS,
     DEFAULT_WORKER_CLASS,
     WORKER_CLASSES,

@@ -168,7 +168,7 @@ def start_service(tmp: Path, fhir_base: str, args: argparse.Namespace) -> Proces
     argv = [
         sys.executable,
         "-m",
-        "plugin.serve",
+        "plugin.cli.serve",
         "--port",
         str(port),
         "--workers",

@@ -12,10 +12,15 @@ from flask_cors import CORS
 
 from cds_hooks.fhir import Allowlist, ClientLimits, FhirClient
 from cds_hooks.services import ServiceRegistry
-from plugin import admin, auth, body_limit, errors, headers, metrics, smart, suppression, views
+from plugin import errors
+from plugin.admin import views as admin
+from plugin.api import body_limit, headers, metrics, views
+from plugin.api.views import FhirAccess
 from plugin.config import as_int, as_list, database_url, load_settings
-from plugin.storage import Store, create_db_engine, migrate, utcnow
-from plugin.views import FhirAccess
+from plugin.security import auth
+from plugin.smart import views as smart
+from plugin.storage import suppression
+from plugin.storage.store import Store, create_db_engine, migrate, utcnow
 
 
 def build_registry(settings: Mapping[str, Any]) -> ServiceRegistry:

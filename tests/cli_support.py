@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from plugin.cli import main
+from plugin.cli.main import main
 
 
 class QuietHandler(WSGIRequestHandler):

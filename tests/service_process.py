@@ -1,4 +1,4 @@
-"""The service as a real process (gunicorn via ``python -m plugin.serve``) and PostgreSQL for tests.
+"""The service as a real process (gunicorn, ``python -m plugin.cli.serve``) and PostgreSQL.
 
 ``ServiceProcess`` starts the service on a free loopback port with the given
 settings, waits for ``/readyz`` and stops it with SIGTERM. ``postgres_url``
@@ -65,7 +65,7 @@ class ServiceProcess:
         self._log = self.log_path.open("w")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "plugin.serve", "--port", str(self.port),
+            [sys.executable, "-m", "plugin.cli.serve", "--port", str(self.port),
              "--workers", str(workers)],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )

@@ -15,8 +15,8 @@ from flask import Flask
 
 from cds_hooks.models import Card, Coding, HookRequest, Source
 from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
-from plugin.admin_report import build_report, daily_chart
-from plugin.storage import feedback, issued_cards
+from plugin.admin.report import build_report, daily_chart
+from plugin.storage.store import feedback, issued_cards
 from tests.test_suppression import Clock, call, make_suppression_app, override
 
 PASSWORD = "correct horse battery staple"

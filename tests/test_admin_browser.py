@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from plugin.suppression import suppressions
+from plugin.storage.suppression import suppressions
 from tests.test_admin import NOW, PASSWORD, dashboard_app, seed
 
 CHROMIUM = "/usr/bin/chromium"

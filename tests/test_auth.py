@@ -385,7 +385,7 @@ def test_unsigned_refused_by_default(make_app: Any) -> None:
 
 def test_development_profile_warns_loudly_at_start(make_app: Any,
                                                    caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="plugin.auth"):
+    with caplog.at_level(logging.WARNING, logger="plugin.security.auth"):
         make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="1")
     assert any("CDS_ALLOW_UNSIGNED=1" in r.getMessage() and r.levelno == logging.WARNING
                for r in caplog.records)
@@ -449,12 +449,12 @@ def test_attack_rsa_key_under_2048_bits(make_app: Any, tmp_path: Path) -> None:
 
 def test_missing_public_url_is_warned_about_when_clients_are_trusted(
         make_app: Any, clients_file: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="plugin.auth"):
+    with caplog.at_level(logging.WARNING, logger="plugin.security.auth"):
         make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
                  CDS_TRUSTED_CLIENTS=str(clients_file))
     assert any("CDS_PUBLIC_URL" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="plugin.auth"):
+    with caplog.at_level(logging.WARNING, logger="plugin.security.auth"):
         make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
                  CDS_TRUSTED_CLIENTS=str(clients_file), CDS_PUBLIC_URL="https://cds.example.org")
     assert not any("CDS_PUBLIC_URL" in r.getMessage() for r in caplog.records)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from flask import Flask, Response
 
-from plugin import headers
+from plugin.api import headers
 from tests.fake_services import fake_registry
 
 REQUEST = {

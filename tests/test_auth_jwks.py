@@ -9,7 +9,13 @@ import pytest
 import responses
 from flask.testing import FlaskClient
 
-from plugin.jwks import MIN_REFRESH_SECONDS, KeySetCache, KeySetError, fetch_jwks, keys_by_kid
+from plugin.security.jwks import (
+    MIN_REFRESH_SECONDS,
+    KeySetCache,
+    KeySetError,
+    fetch_jwks,
+    keys_by_kid,
+)
 from tests.fake_services import fake_registry
 from tests.jwt_keys import ISSUER, ec_key, write_trusted_clients
 

@@ -21,15 +21,15 @@ from fake_services import fake_registry
 from cds_hooks.fhir import parse_resource
 from cds_hooks.models import Card, HookRequest, Source
 from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
-from plugin.client_http import (
+from plugin.cli.call_request import HOOKS, CallInput, build_context, parse_code
+from plugin.cli.client_key import load_or_create
+from plugin.cli.http import (
     EXIT_REFUSED,
     EXIT_UNAUTHORIZED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     CommandError,
 )
-from plugin.client_key import load_or_create
-from plugin.hook_request import HOOKS, CallInput, build_context, parse_code
 
 FHIR = "http://fhir.test.example/r4"
 TOKEN = "fhir-token-must-not-leak-7f3a"

@@ -25,8 +25,8 @@ from cli_support import run_command, write_trust
 from fhirserver import FhirTestServer, require_server
 from service_process import ServiceProcess
 
-from plugin.cli import main
-from plugin.seed_cmd import load_patients
+from plugin.cli.main import main
+from plugin.cli.seed import load_patients
 
 pytestmark = pytest.mark.fhir_server
 

@@ -11,10 +11,10 @@ import jwt
 import pytest
 from cli_support import run_command
 
-from plugin.auth import Authenticator, Rejected
-from plugin.client_http import EXIT_REFUSED, CommandError
-from plugin.client_key import KEY_FILE, load_or_create
-from plugin.jwks import KeySetCache, load_trusted_clients
+from plugin.cli.client_key import KEY_FILE, load_or_create
+from plugin.cli.http import EXIT_REFUSED, CommandError
+from plugin.security.auth import Authenticator, Rejected
+from plugin.security.jwks import KeySetCache, load_trusted_clients
 
 
 def remember_all(_jti: str, _until: datetime) -> bool:

@@ -18,8 +18,8 @@ import responses
 from cli_support import run_command
 from fhirserver import FhirTestServer, require_server
 
-from plugin.client_http import EXIT_REFUSED, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, EXIT_USAGE
-from plugin.seed_cmd import Seeder, SyntheticPatient, load_patients
+from plugin.cli.http import EXIT_REFUSED, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, EXIT_USAGE
+from plugin.cli.seed import Seeder, SyntheticPatient, load_patients
 
 fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
 fhir_store = fhirserver.fhir_store
@@ -196,7 +196,7 @@ def test_a_refusing_server_names_the_resources(
 ) -> None:
     broken = patient_bundle()
     broken.entries[1]["resource"]["status"] = "not-a-status"  # refused by R4 validation
-    monkeypatch.setattr("plugin.seed_cmd.load_patients", lambda _only=None: [broken])
+    monkeypatch.setattr("plugin.cli.seed.load_patients", lambda _only=None: [broken])
     code, _out, err = run_command(["seed", "--fhir-server", fhir_store.base_url], capsys)
     assert code == EXIT_REFUSED
     assert "p1: the server refused the transaction (HTTP 400)" in err

@@ -184,7 +184,7 @@ def test_attacks_and_malformed_bodies_leave_no_phi_in_logs(
         surrogate["context"]["patientId"] += "\ud800"
         exchange.post(service.id, surrogate)
     assert 400 in exchange.statuses
-    assert any(r.name == "plugin.auth" for r in caplog.records)
+    assert any(r.name == "plugin.security.auth" for r in caplog.records)
     assert_clean(caplog.records, exchange)
 
 

@@ -23,7 +23,7 @@ from cds_hooks.fhir import parse_resource
 from cds_hooks.knowledge import default_content_path, load_content, load_knowledge
 from cds_hooks.models import CdsResponse, HookRequest
 from cds_hooks.prefetch import resolve, resources_of
-from plugin import contract
+from plugin.cli import contract_doc as contract
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "fhir_profiles"
@@ -177,7 +177,7 @@ def test_contract_page_shows_each_profile_with_an_example() -> None:
 
 
 def test_contract_doc_command_checks_staleness(tmp_path: Path) -> None:
-    from plugin.cli import build_parser
+    from plugin.cli.main import build_parser
 
     target = tmp_path / "contract.md"
     parser = build_parser()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from plugin.storage import Store, create_db_engine
+from plugin.storage.store import Store, create_db_engine
 from tests.jwt_keys import ISSUER, SigningKey, ec_key, write_trusted_clients
 from tests.service_process import ServiceProcess, fresh_schema, http, postgres_url
 

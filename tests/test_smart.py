@@ -24,8 +24,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from smart_auth_server import SmartEhr
 
-from plugin import smart_render
-from plugin.smart_sessions import smart_sessions
+from plugin.smart import render as smart_render
+from plugin.smart.sessions import smart_sessions
 
 fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
 fhir_store = fhirserver.fhir_store

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from plugin.smart_sessions import ACTIVE, PENDING, SessionStore, new_secret, smart_sessions
-from plugin.storage import create_db_engine, migrate
+from plugin.smart.sessions import ACTIVE, PENDING, SessionStore, new_secret, smart_sessions
+from plugin.storage.store import create_db_engine, migrate
 
 
 def _postgres_url() -> str:

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from cds_hooks.knowledge import load_knowledge
 from cds_hooks.models import Card, Coding, HookRequest, Source
 from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
-from plugin.suppression import (
+from plugin.storage.suppression import (
     KEY_FILE,
     PatientHasher,
     Policy,
@@ -388,7 +388,7 @@ def test_policy_is_loaded_lazily_once(tmp_path: Path) -> None:
 
 
 def test_purge_command_deletes_expired_records(make_app: Any, tmp_path: Path, capsys: Any) -> None:
-    from plugin.cli import main
+    from plugin.cli.main import main
 
     clock = Clock(datetime.now(UTC) - timedelta(hours=30))
     app = make_suppression_app(make_app, clock)

@@ -18,8 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from plugin.storage import feedback, issued_cards
-from plugin.suppression import suppressions
+from plugin.storage.store import feedback, issued_cards
+from plugin.storage.suppression import suppressions
 
 EVENTS: tuple[str, ...] = ("shown", "accepted", "overridden")
 UNKNOWN_KIND = "(unknown card)"

@@ -20,7 +20,7 @@ from datetime import date
 from flask import Blueprint, Flask, Response, current_app, render_template, request
 
 from cds_hooks.errors import CdsError, Forbidden, Unauthorized
-from plugin.admin_report import (
+from plugin.admin.report import (
     EVENTS,
     MAX_DAYS,
     Report,
@@ -30,9 +30,9 @@ from plugin.admin_report import (
 )
 from plugin.config import as_bool
 from plugin.errors import error_response
-from plugin.suppression import get_suppressions
+from plugin.storage.suppression import get_suppressions
 
-bp = Blueprint("admin", __name__, url_prefix="/admin")
+bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
 
 DEFAULT_DAYS = 30
 MIN_PASSWORD_LENGTH = 12

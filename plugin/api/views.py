@@ -26,9 +26,11 @@ from cds_hooks.errors import InvalidRequest, UnsupportedMediaType
 from cds_hooks.fhir import Allowlist, FhirClient
 from cds_hooks.models import CdsResponse, Discovery, Feedback, HookRequest
 from cds_hooks.services import CdsService, IssuedCard, PrefetchData, ServiceRegistry
-from plugin import auth, metrics, suppression
+from plugin.api import metrics
 from plugin.config import as_bool
-from plugin.storage import Store, insert_issued
+from plugin.security import auth
+from plugin.storage import suppression
+from plugin.storage.store import Store, insert_issued
 
 log = logging.getLogger("plugin.calls")
 
@@ -153,7 +155,7 @@ def call_service(service_id: str) -> Response:
                 now,
             )
 
-        # Cards a clinician overrode for this patient stay away (plugin/suppression.py); the
+        # Cards a clinician overrode for this patient stay away (plugin/storage/suppression.py); the
         # cards shown are recorded in the same transaction.
         issued = suppression.get_suppressions().issue(
             service.id,

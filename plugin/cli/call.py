@@ -3,7 +3,7 @@
 It does what an EHR does: reads the service's discovery, picks the service for
 the hook, builds the context, fills the service's prefetch templates from the
 FHIR server (unless ``--no-prefetch``), signs the call with an ES384 JWT from
-its own key pair (see :mod:`plugin.client_key`), posts it and prints the cards.
+its own key pair (see :mod:`plugin.cli.client_key`), posts it and prints the cards.
 ``--print-trust`` prints the entry a service needs to trust this client.
 
 Exit codes: 0 the service answered (with cards or without), 1 the service
@@ -25,20 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cds_hooks.models import CdsResponse
-from plugin.card_view import print_cards
-from plugin.client_http import (
-    EXIT_OK,
-    EXIT_USAGE,
-    CommandError,
-    auth_error,
-    base_url,
-    json_of,
-    new_session,
-    send,
-)
-from plugin.client_key import ClientKey, load_or_create
-from plugin.config import data_dir, load_settings
-from plugin.hook_request import (
+from plugin.cli.call_request import (
     HOOKS,
     VERIFICATION,
     CallInput,
@@ -48,6 +35,19 @@ from plugin.hook_request import (
     fhir_authorization,
     parse_code,
 )
+from plugin.cli.call_view import print_cards
+from plugin.cli.client_key import ClientKey, load_or_create
+from plugin.cli.http import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    auth_error,
+    base_url,
+    json_of,
+    new_session,
+    send,
+)
+from plugin.config import data_dir, load_settings
 
 DEFAULT_USER = "Practitioner/mkopper-cds-tester"
 TRUST_HINT = (

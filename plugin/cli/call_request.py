@@ -24,7 +24,7 @@ import requests
 
 from cds_hooks.fhir import bundle_resources, next_link, same_base
 from cds_hooks.prefetch import UnfillableTemplate, fill_template
-from plugin.client_http import (
+from plugin.cli.http import (
     EXIT_UNAUTHORIZED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from plugin.client_http import CommandError
+from plugin.cli.http import CommandError
 
 KEY_FILE = "cds-client-es384.pem"
 ALGORITHM = "ES384"

@@ -354,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m plugin.contract")
+    parser = argparse.ArgumentParser(prog="python -m plugin.cli.contract_doc")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["contract-doc", *(argv if argv is not None else sys.argv[1:])])
     code: int = args.func(args)

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 # Modules that add sub-commands; each has register(subparsers) -> None and sets
 # `func` (args -> exit code) on its parser.
 COMMAND_MODULES: tuple[str, ...] = (
-    "plugin.serve",
-    "plugin.content_cmd",
-    "plugin.contract",
-    "plugin.seed_cmd",
-    "plugin.call_cmd",
-    "plugin.suppression_cmd",
+    "plugin.cli.serve",
+    "plugin.cli.check_content",
+    "plugin.cli.contract_doc",
+    "plugin.cli.seed",
+    "plugin.cli.call",
+    "plugin.cli.purge",
 )
 
 

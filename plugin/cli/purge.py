@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 from plugin.config import database_url, load_settings
-from plugin.storage import StorageError, create_db_engine, migrate
-from plugin.suppression import Policy, Suppressions, hasher_from_settings
+from plugin.storage.store import StorageError, create_db_engine, migrate
+from plugin.storage.suppression import Policy, Suppressions, hasher_from_settings
 
 
 def register(subparsers: Any) -> None:

@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from plugin.client_http import (
+from plugin.cli.http import (
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_USAGE,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cds_hooks.fhir import warm_up
-from plugin import metrics
+from plugin.api import metrics
 from plugin.config import as_int, data_dir, database_url, load_settings
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def run_gunicorn(load: Callable[[], Any], options: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from plugin import create_app
-    from plugin.storage import migrate
+    from plugin.storage.store import migrate
 
     settings = load_settings()
     host = args.host or str(settings["CDS_HOST"])
@@ -149,8 +149,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m plugin.serve``: the same as ``mkopper-cds serve``, without the other commands."""
-    parser = argparse.ArgumentParser(prog="python -m plugin.serve", description="Run the service.")
+    """``python -m plugin.cli.serve``: ``mkopper-cds serve`` without the other commands."""
+    parser = argparse.ArgumentParser(
+        prog="python -m plugin.cli.serve", description="Run the service."
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -30,7 +30,7 @@ from flask import Flask, Request, current_app
 
 from cds_hooks.errors import Unauthorized
 from plugin.config import as_bool, as_int, as_list
-from plugin.jwks import Jwk, KeySetCache, TrustedClient, load_trusted_clients
+from plugin.security.jwks import Jwk, KeySetCache, TrustedClient, load_trusted_clients
 
 log = logging.getLogger(__name__)
 

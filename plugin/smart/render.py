@@ -22,7 +22,7 @@ from markupsafe import Markup, escape
 from cds_hooks.models import Card
 from cds_hooks.services import IssuedCard
 
-TEXT_FILE = Path(__file__).with_name("smart_text.toml")
+TEXT_FILE = Path(__file__).with_name("text.toml")
 LANGUAGES = ("nb", "en")
 INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from plugin.storage import StorageError
+from plugin.storage.store import StorageError
 
 metadata = sa.MetaData()
 

@@ -51,13 +51,20 @@ from cds_hooks.errors import CdsError, DataUnavailable, FhirAuthError, FhirError
 from cds_hooks.knowledge import Content, default_content_path, load_content
 from cds_hooks.models import FhirAuthorization, HookRequest
 from cds_hooks.services import IssuedCard
-from plugin import smart_render, views
+from plugin.api import views
 from plugin.config import as_int, as_list
-from plugin.smart_sessions import ACTIVE, PENDING, SessionStore, new_secret
+from plugin.smart import render as smart_render
+from plugin.smart.sessions import ACTIVE, PENDING, SessionStore, new_secret
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("smart", __name__, url_prefix="/smart")
+bp = Blueprint(
+    "smart",
+    __name__,
+    url_prefix="/smart",
+    template_folder="templates",
+    static_folder="static",
+)
 
 # Hooks the page answers, in the order their cards are merged.
 PATIENT_HOOK = "patient-view"

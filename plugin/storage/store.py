@@ -2,7 +2,7 @@
 
 SQLAlchemy Core over SQLite (default, a file in CDS_DATA_DIR) or PostgreSQL
 (CDS_DATABASE_URL). The schema is owned by Alembic migrations in
-``plugin/migrations``; :func:`migrate` brings a database to the newest
+``plugin/storage/migrations``; :func:`migrate` brings a database to the newest
 revision and is run before the app serves. No patient data is stored: issued
 cards are keyed by card uuid, service, finding and hookInstance only.
 """

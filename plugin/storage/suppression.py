@@ -40,7 +40,7 @@ from cds_hooks.knowledge import Knowledge, Language, load_knowledge
 from cds_hooks.models import FeedbackItem, HookRequest
 from cds_hooks.services import Evaluation, IssuedCard
 from plugin.config import as_list, data_dir
-from plugin.storage import Clock, StorageError, Store, metadata, utcnow
+from plugin.storage.store import Clock, StorageError, Store, metadata, utcnow
 
 log = logging.getLogger(__name__)
 

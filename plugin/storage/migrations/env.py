@@ -1,11 +1,11 @@
-"""Alembic environment: runs migrations on the connection given by plugin.storage.migrate."""
+"""Alembic environment: runs migrations on the connection given by plugin.storage.store.migrate."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import context
 
-from plugin.storage import create_db_engine, metadata
+from plugin.storage.store import create_db_engine, metadata
 
 config = context.config
 
