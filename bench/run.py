@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.rate import constant_rate  # noqa: E402 - after the path is set
-from tests.fhirserver import FhirTestServer, server_available  # noqa: E402
+from tests.support.fhirserver import FhirTestServer, server_available  # noqa: E402
 
 PATIENTS = ROOT / "fhir_profiles" / "patients"
 LUA = Path(__file__).resolve().parent / "post.lua"

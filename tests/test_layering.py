@@ -5,7 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
+
 FORBIDDEN = {"flask", "plugin", "werkzeug", "flask_cors"}
 
 

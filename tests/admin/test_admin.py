@@ -17,7 +17,7 @@ from cds_hooks.models import Card, Coding, HookRequest, Source
 from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
 from plugin.admin.report import build_report, daily_chart
 from plugin.storage.store import feedback, issued_cards
-from tests.test_suppression import Clock, call, make_suppression_app, override
+from tests.storage.test_suppression import Clock, call, make_suppression_app, override
 
 PASSWORD = "correct horse battery staple"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -15,10 +15,11 @@ import pytest
 from werkzeug.serving import make_server
 
 from plugin.storage.suppression import suppressions
-from tests.test_admin import NOW, PASSWORD, dashboard_app, seed
+from tests.admin.test_admin import NOW, PASSWORD, dashboard_app, seed
+from tests.support.paths import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshots" / "admin-feedback.png"
+SCREENSHOT = ROOT / "docs" / "screenshots" / "admin-feedback.png"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

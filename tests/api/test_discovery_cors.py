@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fake_services import fake_registry
+from tests.support.fake_services import fake_registry
 
 
 def test_discovery_lists_services_without_nulls(make_app: Any) -> None:

@@ -6,15 +6,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import fhirserver
 import pytest
-from fhirserver import FhirTestServer, require_server
 
 from cds_hooks.errors import DataUnavailable, FhirAuthError, FhirError
 from cds_hooks.fhir import ClientLimits, FhirClient
 from cds_hooks.models import HookRequest
 from cds_hooks.prefetch import resolve
 from cds_hooks.services import CdsService, Evaluation, PrefetchData
+from tests.support import fhirserver
+from tests.support.fhirserver import FhirTestServer, require_server
 
 pytestmark = pytest.mark.fhir_server
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import fhirserver
 import pytest
-from fhirserver import FhirTestServer, require_server
+
+from tests.support import fhirserver
+from tests.support.fhirserver import FhirTestServer, require_server
 
 fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
 fhir_store = fhirserver.fhir_store

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fhirserver
 import pytest
+
+from tests.support import fhirserver
 
 
 @pytest.fixture

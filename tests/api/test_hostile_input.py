@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from cds_hooks.services import CdsService
 from plugin import create_app
-from tests.security_requests import all_requests, hook_request, patients, searchset
+from tests.support.security_requests import all_requests, hook_request, patients, searchset
 
 # Examples per property; together well over 10,000 requests.
 MUTATED_REQUESTS = 4500

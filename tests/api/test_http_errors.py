@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tests.fake_services import fake_registry
+from tests.support.fake_services import fake_registry
 
 BUNDLE: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "entry": []}
 

@@ -24,9 +24,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_hooks.fhir import FhirClient
-from tests.golden import iter_cases
-from tests.jwt_keys import ISSUER, ec_key, write_trusted_clients
-from tests.security_requests import FHIR_TOKEN, all_requests, patient_identifiers
+from tests.support.golden import iter_cases
+from tests.support.jwt_keys import ISSUER, ec_key, write_trusted_clients
+from tests.support.security_requests import FHIR_TOKEN, all_requests, patient_identifiers
 
 KEY = ec_key(kid="log-test")
 BASE = "http://localhost/cds-services/"

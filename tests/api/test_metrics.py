@@ -10,9 +10,9 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from cds_hooks.services import CdsService, Evaluation, PrefetchData, ServiceRegistry
-from tests.fake_services import fake_registry
-from tests.service_process import ServiceProcess, free_port, http
-from tests.test_http_errors import request_body
+from tests.api.test_http_errors import request_body
+from tests.support.fake_services import fake_registry
+from tests.support.service_process import ServiceProcess, free_port, http
 
 PATIENT_ID = "pat-secret-4711"
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import fhir_faults
-import fhirserver
 import pytest
-from fake_services import fake_registry
-from fhir_faults import FAULTS, AcceptRecorder
-from fhirserver import FhirTestServer
 from flask.testing import FlaskClient
+
+from tests.support import fhir_faults, fhirserver
+from tests.support.fake_services import fake_registry
+from tests.support.fhir_faults import FAULTS, AcceptRecorder
+from tests.support.fhirserver import FhirTestServer
 
 BUDGET_MS = 500
 LIMIT_S = BUDGET_MS / 1000 * 1.10

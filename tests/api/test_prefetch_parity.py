@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fhirserver import FhirTestServer, require_server
-from golden import Case, iter_cases, normalise
 
 from cds_hooks.catalog import build_registry
 from cds_hooks.fhir import ClientLimits, FhirClient
@@ -22,6 +20,8 @@ from cds_hooks.knowledge import load_knowledge
 from cds_hooks.models import CdsResponse, HookRequest
 from cds_hooks.prefetch import resolve, resources_of
 from cds_hooks.services import ServiceRegistry
+from tests.support.fhirserver import FhirTestServer, require_server
+from tests.support.golden import Case, iter_cases, normalise
 
 pytestmark = pytest.mark.fhir_server
 

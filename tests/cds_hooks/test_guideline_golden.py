@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from golden import Case, iter_cases, normalise
 
 from cds_hooks.catalog import build_registry
 from cds_hooks.fhir import parse_resource
 from cds_hooks.knowledge import load_knowledge
 from cds_hooks.models import CdsResponse, HookRequest
 from cds_hooks.prefetch import resolve, resources_of
+from tests.support.golden import Case, iter_cases, normalise
 
 CASES = list(iter_cases())
 HOOKS = {

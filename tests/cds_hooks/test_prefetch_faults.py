@@ -16,15 +16,15 @@ from collections.abc import Iterator
 from concurrent.futures import wait
 from typing import Any
 
-import fhir_faults
 import pytest
-from fhir_faults import FAULTS, PEERS, AcceptRecorder
 
 from cds_hooks.errors import DataUnavailable
 from cds_hooks.fhir import ClientLimits, FhirClient
 from cds_hooks.models import HookRequest
 from cds_hooks.prefetch import resolve
 from cds_hooks.services import CdsService, Evaluation, PrefetchData
+from tests.support import fhir_faults
+from tests.support.fhir_faults import FAULTS, PEERS, AcceptRecorder
 
 BUDGET_MS = 500
 LIMIT_S = BUDGET_MS / 1000 * 1.10

@@ -15,8 +15,6 @@ from typing import Any
 
 import pytest
 import responses
-from cli_support import run_command, serving, write_trust
-from fake_services import fake_registry
 
 from cds_hooks.fhir import parse_resource
 from cds_hooks.models import Card, HookRequest, Source
@@ -30,6 +28,8 @@ from plugin.cli.http import (
     EXIT_USAGE,
     CommandError,
 )
+from tests.support.cli_support import run_command, serving, write_trust
+from tests.support.fake_services import fake_registry
 
 FHIR = "http://fhir.test.example/r4"
 TOKEN = "fhir-token-must-not-leak-7f3a"

@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import run_command, write_trust
-from fhirserver import FhirTestServer, require_server
-from service_process import ServiceProcess
 
 from plugin.cli.main import main
 from plugin.cli.seed import load_patients
+from tests.support.cli_support import run_command, write_trust
+from tests.support.fhirserver import FhirTestServer, require_server
+from tests.support.paths import ROOT
+from tests.support.service_process import ServiceProcess
 
 pytestmark = pytest.mark.fhir_server
 
-ROOT = Path(__file__).resolve().parent.parent
+
 INDEX = json.loads((ROOT / "fhir_profiles" / "patients" / "index.json").read_text("utf-8"))
 PATIENTS = {p.id: p for p in load_patients()}
 EXPECTED = {entry["id"]: entry for entry in INDEX["patients"]}

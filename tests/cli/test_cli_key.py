@@ -9,12 +9,12 @@ from pathlib import Path
 
 import jwt
 import pytest
-from cli_support import run_command
 
 from plugin.cli.client_key import KEY_FILE, load_or_create
 from plugin.cli.http import EXIT_REFUSED, CommandError
 from plugin.security.auth import Authenticator, Rejected
 from plugin.security.jwks import KeySetCache, load_trusted_clients
+from tests.support.cli_support import run_command
 
 
 def remember_all(_jti: str, _until: datetime) -> bool:

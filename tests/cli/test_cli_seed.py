@@ -11,15 +11,15 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-import fhirserver
 import pytest
 import requests
 import responses
-from cli_support import run_command
-from fhirserver import FhirTestServer, require_server
 
 from plugin.cli.http import EXIT_REFUSED, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, EXIT_USAGE
 from plugin.cli.seed import Seeder, SyntheticPatient, load_patients
+from tests.support import fhirserver
+from tests.support.cli_support import run_command
+from tests.support.fhirserver import FhirTestServer, require_server
 
 fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
 fhir_store = fhirserver.fhir_store

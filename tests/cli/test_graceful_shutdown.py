@@ -8,8 +8,8 @@ import signal
 import time
 from pathlib import Path
 
-from tests.service_process import ServiceProcess
-from tests.test_scaleout import hook_body
+from tests.storage.test_scaleout import hook_body
+from tests.support.service_process import ServiceProcess
 
 
 def test_sigterm_lets_the_call_in_progress_finish(tmp_path: Path) -> None:

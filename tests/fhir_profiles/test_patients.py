@@ -10,14 +10,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import fhirserver
 import pytest
-from fhirserver import FhirTestServer
 
 from cds_hooks.fhir import parse_resource
 from cds_hooks.knowledge import default_content_path, load_content, load_valuesets
+from tests.support import fhirserver, paths
+from tests.support.fhirserver import FhirTestServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 PATIENTS = ROOT / "fhir_profiles" / "patients"
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
 

@@ -16,7 +16,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from golden import iter_cases
 
 from cds_hooks.catalog import build_registry
 from cds_hooks.fhir import parse_resource
@@ -24,8 +23,10 @@ from cds_hooks.knowledge import default_content_path, load_content, load_knowled
 from cds_hooks.models import CdsResponse, HookRequest
 from cds_hooks.prefetch import resolve, resources_of
 from plugin.cli import contract_doc as contract
+from tests.support import paths
+from tests.support.golden import iter_cases
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.ROOT
 PACKAGE = ROOT / "fhir_profiles"
 VALIDATOR_DIR = ROOT / "tests" / "fhir_server"
 VALIDATOR = VALIDATOR_DIR / "validate.mjs"

@@ -6,7 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import ROOT
 
 
 def attack_rows() -> list[str]:
@@ -28,7 +28,7 @@ def test_every_row_names_an_existing_test() -> None:
         cell = row.rstrip(" |").rsplit("|", 1)[1]
         names = re.findall(r"`(?:(tests/[\w/]+\.py)::)?(test_\w+)`", cell)
         assert names, row
-        current = ROOT / "tests" / "test_auth.py"
+        current = ROOT / "tests" / "security" / "test_auth.py"
         for file, name in names:
             if file:
                 current = ROOT / file

@@ -1,6 +1,6 @@
 """The calling EHR must prove itself with a CDS Hooks JWT: one test per attack, each a 401.
 
-The README's attack table names these tests; tests/test_attack_table.py keeps the two in step.
+The README's attack table names these tests; tests/security/test_attack_table.py keeps the two in step.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.fake_services import fake_registry
-from tests.jwt_keys import (
+from tests.support.fake_services import fake_registry
+from tests.support.jwt_keys import (
     ISSUER,
     b64url,
     ec_key,
@@ -435,7 +435,7 @@ def test_jwks_file_is_read_relative_to_the_clients_file(make_app: Any, tmp_path:
 def test_attack_rsa_key_under_2048_bits(make_app: Any, tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from tests.jwt_keys import SigningKey
+    from tests.support.jwt_keys import SigningKey
 
     weak = SigningKey(kid="weak", alg="RS384",
                       private_key=rsa.generate_private_key(public_exponent=65537, key_size=1024))

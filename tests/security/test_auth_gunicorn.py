@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.jwt_keys import ISSUER, ec_key, rsa_key, write_trusted_clients
-from tests.security_requests import hook_request
-from tests.service_process import ServiceProcess
+from tests.support.jwt_keys import ISSUER, ec_key, rsa_key, write_trusted_clients
+from tests.support.security_requests import hook_request
+from tests.support.service_process import ServiceProcess
 
 SERVICE_ID = "mkopper-patient-view"
 ES384 = ec_key(kid="process-ec")

@@ -8,7 +8,7 @@ import pytest
 from flask import Flask, Response
 
 from plugin.api import headers
-from tests.fake_services import fake_registry
+from tests.support.fake_services import fake_registry
 
 REQUEST = {
     "hook": "patient-view",

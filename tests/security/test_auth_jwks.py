@@ -16,8 +16,8 @@ from plugin.security.jwks import (
     fetch_jwks,
     keys_by_kid,
 )
-from tests.fake_services import fake_registry
-from tests.jwt_keys import ISSUER, ec_key, write_trusted_clients
+from tests.support.fake_services import fake_registry
+from tests.support.jwt_keys import ISSUER, ec_key, write_trusted_clients
 
 JKU = "https://ehr.test.example/.well-known/jwks.json"
 SERVICE_URL = "http://localhost/cds-services/test-view"

@@ -14,18 +14,18 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import fhirserver
 import pytest
 import requests
 import sqlalchemy as sa
-from fake_services import fake_registry
-from fhirserver import FhirTestServer
 from flask import Flask
 from flask.testing import FlaskClient
-from smart_auth_server import SmartEhr
 
 from plugin.smart import render as smart_render
 from plugin.smart.sessions import smart_sessions
+from tests.support import fhirserver
+from tests.support.fake_services import fake_registry
+from tests.support.fhirserver import FhirTestServer
+from tests.support.smart_auth_server import SmartEhr
 
 fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
 fhir_store = fhirserver.fhir_store
@@ -110,7 +110,7 @@ def test_launch_sends_pkce_s256_state_aud_and_scopes(smart_app: Flask, ehr: Smar
 
 
 def test_standalone_launch_asks_the_ehr_to_pick_a_patient(smart_app: Flask, ehr: SmartEhr) -> None:
-    from smart_auth_server import Launch
+    from tests.support.smart_auth_server import Launch
 
     client = smart_app.test_client()
     response = client.get("/smart/standalone", query_string={"iss": ehr.fhir_base})

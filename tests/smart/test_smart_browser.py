@@ -24,20 +24,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import fhirserver
 import pytest
-from fhirserver import FhirTestServer
 from flask import Flask
-from smart_auth_server import IssuedToken, QuietHandler, SmartEhr
 from werkzeug.serving import make_server
 
 from plugin import create_app
+from tests.support import fhirserver
+from tests.support.fhirserver import FhirTestServer
+from tests.support.paths import ROOT
+from tests.support.smart_auth_server import IssuedToken, QuietHandler, SmartEhr
 
 fhir_server = fhirserver.fhir_server  # pytest fixture, used by name
 
 pytestmark = [pytest.mark.browser, pytest.mark.fhir_server]
 
-ROOT = Path(__file__).resolve().parents[1]
+
 PATIENTS = ROOT / "fhir_profiles" / "patients"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")

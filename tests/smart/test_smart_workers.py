@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from service_process import ServiceProcess
-from smart_auth_server import SmartEhr
+
+from tests.support.service_process import ServiceProcess
+from tests.support.smart_auth_server import SmartEhr
 
 UNUSED_UPSTREAM = "http://127.0.0.1:9"
 LAUNCHES = 12

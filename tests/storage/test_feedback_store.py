@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fake_services import fake_registry
-from tests.test_http_errors import request_body
+from tests.api.test_http_errors import request_body
+from tests.support.fake_services import fake_registry
 
 
 def feedback_body(card: str, **item: Any) -> dict[str, Any]:

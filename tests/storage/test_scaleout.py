@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 
 from plugin.storage.store import Store, create_db_engine
-from tests.jwt_keys import ISSUER, SigningKey, ec_key, write_trusted_clients
-from tests.service_process import ServiceProcess, fresh_schema, http, postgres_url
+from tests.support.jwt_keys import ISSUER, SigningKey, ec_key, write_trusted_clients
+from tests.support.paths import PATIENTS
+from tests.support.service_process import ServiceProcess, fresh_schema, http, postgres_url
 
 pytestmark = pytest.mark.postgres
 
 PUBLIC_URL = "https://cds.test.example"
 SERVICE = "mkopper-patient-view"
-PATIENTS = Path(__file__).resolve().parent.parent / "fhir_profiles" / "patients"
 # A suspected case in the emergency department: the service answers with cards.
 PATIENT = "mk-suspected-emergency-respiratory"
 

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from plugin.storage.store import create_db_engine, feedback
-from tests.service_process import ServiceProcess, fresh_schema, http, postgres_url
+from tests.support.service_process import ServiceProcess, fresh_schema, http, postgres_url
 
 CLIENTS = 8
 KILLS = 3

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.test_suppression import Clock, call, make_suppression_app, override
+from tests.storage.test_suppression import Clock, call, make_suppression_app, override
+from tests.support.paths import TESTS
 
-CASES = sorted((Path(__file__).parent / "cases_feedback").glob("*.json"))
+CASES = sorted((TESTS / "cases_feedback").glob("*.json"))
 
 
 def when(text: str) -> datetime:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 from flask.testing import FlaskClient
 
+from tests.support.paths import TESTS
+
 CASE = (
-    Path(__file__).parent
+    TESTS
     / "cases"
     / "mkopper-problem-list-item-create"
     / "suspected-snomed-inpatient"

@@ -8,7 +8,7 @@ resources.
 
 Use it from a test module with::
 
-    import fhirserver
+    from tests.support import fhirserver
 
     fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
     fhir_store = fhirserver.fhir_store
@@ -41,7 +41,9 @@ from typing import Any
 
 import pytest
 
-SERVER_DIR = Path(__file__).resolve().parent / "fhir_server"
+from tests.support.paths import TESTS
+
+SERVER_DIR = TESTS / "fhir_server"
 READY = re.compile(r"FHIR test server ready on (http://[0-9.]+:\d+)")
 START_TIMEOUT_S = 60.0
 

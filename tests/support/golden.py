@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CASES_DIR = Path(__file__).parent / "cases"
+from tests.support.paths import TESTS
+
+CASES_DIR = TESTS / "cases"
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from cds_hooks.services import CdsService
+from tests.support.paths import PATIENTS
 
-PATIENTS_DIR = Path(__file__).resolve().parent.parent / "fhir_profiles" / "patients"
+PATIENTS_DIR = PATIENTS
 FHIR_TOKEN = "canary-fhir-token-7c1f0f5e2b9d4a68"
 FHIR_SERVER = "https://fhir.not-on-the-allowlist.example/R4"
 USER = "Practitioner/security-test"

@@ -27,7 +27,8 @@ from urllib.parse import quote
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
+
 READY_TIMEOUT_S = 60.0
 
 
