@@ -96,7 +96,9 @@ def parse_body(model: type[ModelT]) -> ModelT:
         raise UnsupportedMediaType()
     raw = request.get_data(cache=False)
     try:
-        data = json.loads(raw)
+        # Strict UTF-8 (RFC 8259): json.loads on bytes would decode with "surrogatepass" and let
+        # an encoded lone surrogate (b"\xed\xa0\x80") through as text.
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidRequest("The body is not valid JSON.") from None
     if not isinstance(data, dict):

@@ -335,6 +335,26 @@ def test_lone_surrogates_in_strings(client: FlaskClient, a_request: tuple[str, d
     assert_handled(response)
 
 
+# The same surrogate as raw bytes (b"\xed\xa0\x80", as CESU-8 writes it) is not UTF-8 at all;
+# json.loads would take it with "surrogatepass", so the parser decodes strictly first.
+@pytest.mark.parametrize("field", ["hookInstance", "userId", "patientId", "encounterId"])
+def test_encoded_surrogates_are_not_utf8(client: FlaskClient,
+                                         a_request: tuple[str, dict[str, Any]],
+                                         field: str) -> None:
+    service_id, body = a_request
+    body = json.loads(json.dumps(body))
+    if field in body:
+        body[field] = "a\ud800b"
+    else:
+        body["context"][field] = "a\ud800b"
+    raw = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    assert b"\xed\xa0\x80" in raw
+    response = client.post(f"/cds-services/{service_id}", data=raw,
+                           content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["message"] == "The body is not valid JSON."
+
+
 @pytest.mark.parametrize("hook", ["", "patient-view ", "PATIENT-VIEW", "order-sign",
                                   "no-such-hook", "a" * 10_000])
 def test_unknown_or_wrong_hooks_are_400(client: FlaskClient,
