@@ -26,7 +26,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check plugin cds_hooks tests bench
-	$(BIN)/ruff format --check plugin cds_hooks
+	$(BIN)/ruff format --check plugin cds_hooks tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -24,8 +24,11 @@ def imported_roots(path: Path) -> set[str]:
 def test_cds_hooks_does_not_import_flask_or_plugin() -> None:
     files = sorted((ROOT / "cds_hooks").rglob("*.py"))
     assert files, "cds_hooks has no modules"
-    offenders = {str(p.relative_to(ROOT)): sorted(imported_roots(p) & FORBIDDEN)
-                 for p in files if imported_roots(p) & FORBIDDEN}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(imported_roots(p) & FORBIDDEN)
+        for p in files
+        if imported_roots(p) & FORBIDDEN
+    }
     assert offenders == {}
 
 

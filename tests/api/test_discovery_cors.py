@@ -10,20 +10,31 @@ from tests.support.fake_services import fake_registry
 def test_discovery_lists_services_without_nulls(make_app: Any) -> None:
     client = make_app(CDS_REGISTRY=fake_registry()).test_client()
     body = client.get("/cds-services").get_json()
-    assert body == {"services": [{
-        "hook": "patient-view", "title": "Test", "description": "Counts conditions.",
-        "id": "test-view", "prefetch": {"conditions": "Condition?patient={{context.patientId}}"},
-    }]}
+    assert body == {
+        "services": [
+            {
+                "hook": "patient-view",
+                "title": "Test",
+                "description": "Counts conditions.",
+                "id": "test-view",
+                "prefetch": {"conditions": "Condition?patient={{context.patientId}}"},
+            }
+        ]
+    }
 
 
 def test_preflight_from_allowed_origin(make_app: Any) -> None:
-    client = make_app(CDS_REGISTRY=fake_registry(),
-                      CDS_CORS_ORIGINS="https://sandbox.cds-hooks.org").test_client()
-    response = client.options("/cds-services/test-view", headers={
-        "Origin": "https://sandbox.cds-hooks.org",
-        "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type",
-    })
+    client = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_CORS_ORIGINS="https://sandbox.cds-hooks.org"
+    ).test_client()
+    response = client.options(
+        "/cds-services/test-view",
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == "https://sandbox.cds-hooks.org"
     allowed = response.headers["Access-Control-Allow-Headers"].lower()
@@ -32,10 +43,13 @@ def test_preflight_from_allowed_origin(make_app: Any) -> None:
 
 
 def test_preflight_from_other_origin_gets_no_cors_headers(make_app: Any) -> None:
-    client = make_app(CDS_REGISTRY=fake_registry(),
-                      CDS_CORS_ORIGINS="https://sandbox.cds-hooks.org").test_client()
-    response = client.options("/cds-services/test-view", headers={
-        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    client = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_CORS_ORIGINS="https://sandbox.cds-hooks.org"
+    ).test_client()
+    response = client.options(
+        "/cds-services/test-view",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
@@ -48,6 +62,7 @@ def test_health_and_readiness(make_app: Any) -> None:
 def test_readiness_fails_when_database_is_gone(make_app: Any) -> None:
     app = make_app(CDS_REGISTRY=fake_registry())
     import sqlalchemy as sa
+
     with app.extensions["cds_store"].engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE issued_cards"))
     response = app.test_client().get("/readyz")

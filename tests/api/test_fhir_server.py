@@ -45,16 +45,19 @@ def test_put_with_fixed_id_then_read(fhir_store: FhirTestServer) -> None:
 
 
 def test_token_search_by_patient_and_code_list(fhir_store: FhirTestServer) -> None:
-    fhir_store.load([
-        {"resourceType": "Patient", "id": "p1"},
-        {"resourceType": "Patient", "id": "p2"},
-        _condition("c1", "p1", SNOMED, "111"),
-        _condition("c2", "p1", SNOMED, "222"),
-        _condition("c3", "p1", "http://example.org/other", "111"),
-        _condition("c4", "p2", SNOMED, "111"),
-    ])
+    fhir_store.load(
+        [
+            {"resourceType": "Patient", "id": "p1"},
+            {"resourceType": "Patient", "id": "p2"},
+            _condition("c1", "p1", SNOMED, "111"),
+            _condition("c2", "p1", SNOMED, "222"),
+            _condition("c3", "p1", "http://example.org/other", "111"),
+            _condition("c4", "p2", SNOMED, "111"),
+        ]
+    )
     status, body = fhir_store.request(
-        "GET", f"/Condition?patient=p1&code={SNOMED}|111,{SNOMED}|333")
+        "GET", f"/Condition?patient=p1&code={SNOMED}|111,{SNOMED}|333"
+    )
     assert status == 200
     assert [e["resource"]["id"] for e in body["entry"]] == ["c1"]
     assert body["entry"][0]["fullUrl"].endswith("/Condition/c1")
@@ -80,20 +83,23 @@ def test_search_pages_carry_next_links(fhir_store: FhirTestServer) -> None:
 
 def test_write_is_validated(fhir_store: FhirTestServer) -> None:
     status, body = fhir_store.request(
-        "PUT", "/Patient/bad", {"resourceType": "Patient", "id": "bad", "gender": 5})
+        "PUT", "/Patient/bad", {"resourceType": "Patient", "id": "bad", "gender": 5}
+    )
     assert status == 400
     assert body["resourceType"] == "OperationOutcome"
     assert fhir_store.request("GET", "/Patient/bad")[0] == 404
 
 
 def test_validate_operation(fhir_store: FhirTestServer) -> None:
-    good = fhir_store.validate({"resourceType": "Observation", "status": "final",
-                                "code": {"text": "x"}})
+    good = fhir_store.validate(
+        {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    )
     assert not [i for i in good["issue"] if i["severity"] == "error"]
     bad = fhir_store.validate({"resourceType": "Observation", "status": "final"})
     assert any("Observation.code" in i.get("expression", []) for i in bad["issue"])
-    unknown = fhir_store.validate({"resourceType": "Patient"},
-                                  profile="http://example.org/StructureDefinition/none")
+    unknown = fhir_store.validate(
+        {"resourceType": "Patient"}, profile="http://example.org/StructureDefinition/none"
+    )
     assert any(i["severity"] == "error" for i in unknown["issue"])
 
 
@@ -135,10 +141,19 @@ def _patient_profile() -> dict[str, object]:
     """Base Patient with gender made mandatory: a real snapshot profile, built from Medplum's."""
     import json
 
-    bundle = json.loads((fhirserver.SERVER_DIR / "node_modules" / "@medplum" / "definitions"
-                         / "dist" / "fhir" / "r4" / "profiles-resources.json").read_text())
-    base = next(e["resource"] for e in bundle["entry"]
-                if e["resource"].get("id") == "Patient")
+    bundle = json.loads(
+        (
+            fhirserver.SERVER_DIR
+            / "node_modules"
+            / "@medplum"
+            / "definitions"
+            / "dist"
+            / "fhir"
+            / "r4"
+            / "profiles-resources.json"
+        ).read_text()
+    )
+    base = next(e["resource"] for e in bundle["entry"] if e["resource"].get("id") == "Patient")
     elements = [dict(el) for el in base["snapshot"]["element"]]
     for el in elements:
         if el["path"] == "Patient.gender":
@@ -164,8 +179,7 @@ def profiled_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirTe
 
     require_server()
     directory = tmp_path_factory.mktemp("profiles")
-    (directory / "StructureDefinition-test-patient.json").write_text(
-        json.dumps(_patient_profile()))
+    (directory / "StructureDefinition-test-patient.json").write_text(json.dumps(_patient_profile()))
     server = FhirTestServer(profiles_dir=directory).start()
     try:
         yield server
@@ -180,8 +194,9 @@ def test_profiles_from_directory_are_enforced(profiled_server: FhirTestServer) -
     # The same resource passes without the profile, and with gender it passes the profile.
     plain = profiled_server.validate({"resourceType": "Patient"})
     assert not [i for i in plain["issue"] if i["severity"] == "error"]
-    with_gender = profiled_server.validate({"resourceType": "Patient", "gender": "female"},
-                                           profile=PROFILE_URL)
+    with_gender = profiled_server.validate(
+        {"resourceType": "Patient", "gender": "female"}, profile=PROFILE_URL
+    )
     assert not [i for i in with_gender["issue"] if i["severity"] == "error"]
     status, _ = profiled_server.request("PUT", "/Patient/x", {**without, "id": "x"})
     assert status == 400

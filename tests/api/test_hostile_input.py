@@ -33,10 +33,13 @@ FEEDBACK = 1000
 HEADERS_AND_PATHS = 1000
 
 
-
 def fuzz(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +80,13 @@ def assert_handled(response: Any) -> None:
 
 # Text includes lone surrogates: valid in JSON text as "\ud800", not encodable as UTF-8.
 any_text = st.text(st.characters(exclude_categories=()), max_size=30)
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-           | st.floats() | any_text)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | any_text
+)
 json_values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
@@ -109,8 +117,7 @@ def mutated(draw: st.DrawFn, base: Any) -> Any:
 def post_json(client: FlaskClient, service_id: str, body: Any, ascii_only: bool) -> Any:
     # ASCII JSON escapes a surrogate as "\ud800"; the raw form gives invalid UTF-8 bytes.
     data = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
-    return client.post(f"/cds-services/{service_id}", data=data,
-                       content_type="application/json")
+    return client.post(f"/cds-services/{service_id}", data=data, content_type="application/json")
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -118,8 +125,9 @@ def post_json(client: FlaskClient, service_id: str, body: Any, ascii_only: bool)
 
 @fuzz(MUTATED_REQUESTS)
 @given(data=st.data())
-def test_mutated_real_requests_never_5xx(client: FlaskClient, data: st.DataObject,
-                                         valid_requests: list[tuple[str, dict[str, Any]]]) -> None:
+def test_mutated_real_requests_never_5xx(
+    client: FlaskClient, data: st.DataObject, valid_requests: list[tuple[str, dict[str, Any]]]
+) -> None:
     service_id, body = data.draw(st.sampled_from(valid_requests))
     for _ in range(data.draw(st.integers(1, 3))):
         body = data.draw(mutated(body))
@@ -128,22 +136,32 @@ def test_mutated_real_requests_never_5xx(client: FlaskClient, data: st.DataObjec
 
 @fuzz(ARBITRARY_JSON)
 @given(body=json_values, data=st.data())
-def test_arbitrary_json_bodies_never_5xx(client: FlaskClient, body: Any, data: st.DataObject,
-                                         services: list[CdsService]) -> None:
+def test_arbitrary_json_bodies_never_5xx(
+    client: FlaskClient, body: Any, data: st.DataObject, services: list[CdsService]
+) -> None:
     service = data.draw(st.sampled_from(services))
     assert_handled(post_json(client, service.id, body, data.draw(st.booleans())))
 
 
 @fuzz(ARBITRARY_BYTES)
 @given(raw=st.binary(max_size=400), data=st.data())
-def test_arbitrary_bytes_never_5xx(client: FlaskClient, raw: bytes, data: st.DataObject,
-                                   services: list[CdsService]) -> None:
+def test_arbitrary_bytes_never_5xx(
+    client: FlaskClient, raw: bytes, data: st.DataObject, services: list[CdsService]
+) -> None:
     service = data.draw(st.sampled_from(services))
-    content_type = data.draw(st.sampled_from([
-        "application/json", "application/json; charset=utf-8", "application/json; charset=utf-16",
-        "application/json; charset=nonsense", "text/plain", "application/x-www-form-urlencoded",
-        "multipart/form-data; boundary=x",
-    ]))
+    content_type = data.draw(
+        st.sampled_from(
+            [
+                "application/json",
+                "application/json; charset=utf-8",
+                "application/json; charset=utf-16",
+                "application/json; charset=nonsense",
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "multipart/form-data; boundary=x",
+            ]
+        )
+    )
     response = client.post(f"/cds-services/{service.id}", data=raw, content_type=content_type)
     assert_handled(response)
 
@@ -151,70 +169,101 @@ def test_arbitrary_bytes_never_5xx(client: FlaskClient, raw: bytes, data: st.Dat
 @fuzz(BROKEN_JSON_TEXT)
 @given(data=st.data())
 def test_corrupted_json_text_and_invalid_utf8_never_5xx(
-        client: FlaskClient, data: st.DataObject,
-        valid_requests: list[tuple[str, dict[str, Any]]]) -> None:
+    client: FlaskClient, data: st.DataObject, valid_requests: list[tuple[str, dict[str, Any]]]
+) -> None:
     service_id, body = data.draw(st.sampled_from(valid_requests))
     raw = bytearray(json.dumps(body, ensure_ascii=False).encode("utf-8"))
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(raw)))
         how = data.draw(st.sampled_from(["insert", "replace", "truncate"]))
-        junk = data.draw(st.sampled_from([
-            b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\x00", b"\\ud800", b'"',
-            b"{", b"]", b"NaN", b"1e999999", b"\\", b"\xf4\x90\x80\x80",
-        ]) | st.binary(min_size=1, max_size=4))
+        junk = data.draw(
+            st.sampled_from(
+                [
+                    b"\xff",
+                    b"\xc0\xaf",
+                    b"\xed\xa0\x80",
+                    b"\xe2\x82",
+                    b"\x00",
+                    b"\\ud800",
+                    b'"',
+                    b"{",
+                    b"]",
+                    b"NaN",
+                    b"1e999999",
+                    b"\\",
+                    b"\xf4\x90\x80\x80",
+                ]
+            )
+            | st.binary(min_size=1, max_size=4)
+        )
         if how == "insert":
             raw[at:at] = junk
         elif how == "replace":
-            raw[at:at + len(junk)] = junk
+            raw[at : at + len(junk)] = junk
         else:
             del raw[at:]
-    response = client.post(f"/cds-services/{service_id}", data=bytes(raw),
-                           content_type="application/json")
+    response = client.post(
+        f"/cds-services/{service_id}", data=bytes(raw), content_type="application/json"
+    )
     assert_handled(response)
 
 
-FEEDBACK_BASE = {"feedback": [{
-    "card": "9b1f0c1e-2d7a-4f3e-8a55-0c2b7f1d6e99",
-    "outcome": "overridden",
-    "overrideReason": {"reason": {"code": "x", "system": "http://example.org", "display": "x"},
-                       "userComment": "kommentar"},
-    "outcomeTimestamp": "2026-01-01T00:00:00Z",
-}]}
+FEEDBACK_BASE = {
+    "feedback": [
+        {
+            "card": "9b1f0c1e-2d7a-4f3e-8a55-0c2b7f1d6e99",
+            "outcome": "overridden",
+            "overrideReason": {
+                "reason": {"code": "x", "system": "http://example.org", "display": "x"},
+                "userComment": "kommentar",
+            },
+            "outcomeTimestamp": "2026-01-01T00:00:00Z",
+        }
+    ]
+}
 
 
 @fuzz(FEEDBACK)
 @given(data=st.data())
-def test_mutated_feedback_never_5xx(client: FlaskClient, data: st.DataObject,
-                                    services: list[CdsService]) -> None:
+def test_mutated_feedback_never_5xx(
+    client: FlaskClient, data: st.DataObject, services: list[CdsService]
+) -> None:
     service = data.draw(st.sampled_from(services))
     body = data.draw(mutated(FEEDBACK_BASE) | json_values)
-    response = client.post(f"/cds-services/{service.id}/feedback",
-                           data=json.dumps(body).encode(), content_type="application/json")
+    response = client.post(
+        f"/cds-services/{service.id}/feedback",
+        data=json.dumps(body).encode(),
+        content_type="application/json",
+    )
     assert_handled(response)
 
 
 @fuzz(HEADERS_AND_PATHS)
 @given(data=st.data())
 def test_odd_methods_paths_and_headers_never_5xx(
-        client: FlaskClient, data: st.DataObject,
-        valid_requests: list[tuple[str, dict[str, Any]]]) -> None:
+    client: FlaskClient, data: st.DataObject, valid_requests: list[tuple[str, dict[str, Any]]]
+) -> None:
     service_id, body = data.draw(st.sampled_from(valid_requests))
     segment = data.draw(st.sampled_from([service_id]) | st.text(min_size=1, max_size=40))
     suffix = data.draw(st.sampled_from(["", "/feedback", "/", "/../..", "/x/y"]))
-    method = data.draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
-                                        "HEAD"]))
+    method = data.draw(
+        st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+    )
     headers = {}
-    header_value = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
-                           max_size=60)
+    header_value = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
     if data.draw(st.booleans()):
         headers["Authorization"] = data.draw(header_value)
     if data.draw(st.booleans()):
         headers["Origin"] = data.draw(header_value)
     if data.draw(st.booleans()):
         headers["Accept"] = data.draw(header_value)
-    response = client.open(f"/cds-services/{quote(segment, safe='')}{suffix}", method=method,
-                           data=json.dumps(body).encode(), content_type="application/json",
-                           headers=headers)
+    response = client.open(
+        f"/cds-services/{quote(segment, safe='')}{suffix}",
+        method=method,
+        data=json.dumps(body).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
     assert response.status_code < 500
 
 
@@ -235,7 +284,8 @@ def padded(body: dict[str, Any], size: int) -> bytes:
 
 
 def test_body_at_the_default_limit_is_read_and_one_byte_more_is_413(
-        client: FlaskClient, app: Flask, a_request: tuple[str, dict[str, Any]]) -> None:
+    client: FlaskClient, app: Flask, a_request: tuple[str, dict[str, Any]]
+) -> None:
     limit = int(app.config["CDS_MAX_BODY_BYTES"])
     assert limit == 5 * 1024 * 1024
     service_id, body = a_request
@@ -248,71 +298,81 @@ def test_body_at_the_default_limit_is_read_and_one_byte_more_is_413(
 
 
 def test_body_limit_holds_without_a_content_length(
-        client: FlaskClient, a_request: tuple[str, dict[str, Any]]) -> None:
+    client: FlaskClient, a_request: tuple[str, dict[str, Any]]
+) -> None:
     # A chunked upload has no Content-Length; under gunicorn the server terminates the
     # stream and the limit must apply to what is read, not be a silent truncation.
     service_id, body = a_request
     chunked = {"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"}
     url = f"/cds-services/{service_id}"
-    over = client.post(url, data=padded(body, 5 * 1024 * 1024 + 1),
-                       content_type="application/json", environ_overrides=chunked)
+    over = client.post(
+        url,
+        data=padded(body, 5 * 1024 * 1024 + 1),
+        content_type="application/json",
+        environ_overrides=chunked,
+    )
     assert over.status_code == 413
     assert_handled(over)
-    within = client.post(url, data=padded(body, 5 * 1024 * 1024),
-                         content_type="application/json", environ_overrides=chunked)
+    within = client.post(
+        url,
+        data=padded(body, 5 * 1024 * 1024),
+        content_type="application/json",
+        environ_overrides=chunked,
+    )
     assert within.status_code == 200
 
 
-def test_body_limit_follows_the_setting(make_app: Any,
-                                        a_request: tuple[str, dict[str, Any]]) -> None:
+def test_body_limit_follows_the_setting(
+    make_app: Any, a_request: tuple[str, dict[str, Any]]
+) -> None:
     app = make_app(CDS_MAX_BODY_BYTES="1024")
     service_id, body = a_request
-    response = app.test_client().post(f"/cds-services/{service_id}",
-                                      data=padded(body, 20_000), content_type="application/json")
+    response = app.test_client().post(
+        f"/cds-services/{service_id}", data=padded(body, 20_000), content_type="application/json"
+    )
     assert response.status_code == 413
 
 
 @pytest.mark.parametrize("depth", [100, 900, 1000, 5000, 100_000, 1_000_000])
 @pytest.mark.parametrize("opener", ["[", '{"a":'])
-def test_deeply_nested_json_is_400(client: FlaskClient, a_request: tuple[str, dict[str, Any]],
-                                   depth: int, opener: str) -> None:
+def test_deeply_nested_json_is_400(
+    client: FlaskClient, a_request: tuple[str, dict[str, Any]], depth: int, opener: str
+) -> None:
     service_id, _ = a_request
     closer = "]" if opener == "[" else "}"
     raw = (opener * depth + "1" + closer * depth).encode()
     if len(raw) > 5 * 1024 * 1024:
         raw = (opener * depth).encode()
-    response = client.post(f"/cds-services/{service_id}", data=raw,
-                           content_type="application/json")
+    response = client.post(f"/cds-services/{service_id}", data=raw, content_type="application/json")
     assert 400 <= response.status_code < 500
     assert_handled(response)
 
 
 @pytest.mark.parametrize("depth", [50, 300, 490, 2000])
-def test_deep_nesting_inside_a_valid_request(client: FlaskClient,
-                                             a_request: tuple[str, dict[str, Any]],
-                                             depth: int) -> None:
+def test_deep_nesting_inside_a_valid_request(
+    client: FlaskClient, a_request: tuple[str, dict[str, Any]], depth: int
+) -> None:
     service_id, body = a_request
     body = json.loads(json.dumps(body))
     body["context"]["deep"] = "DEEP"
     body["prefetch"]["conditions"]["entry"][0]["resource"]["note"] = "DEEP"
     nested = '{"extension":[' * depth + '"x"' + "]}" * depth
     raw = json.dumps(body).replace('"DEEP"', nested).encode()
-    response = client.post(f"/cds-services/{service_id}", data=raw,
-                           content_type="application/json")
+    response = client.post(f"/cds-services/{service_id}", data=raw, content_type="application/json")
     assert_handled(response)
 
 
 def test_huge_prefetch_bundle_is_answered(client: FlaskClient, services: list[CdsService]) -> None:
     service = services[0]
     body = hook_request(service, "mk-confirmed-inpatient")
-    conditions = [r for r in patients()["mk-confirmed-inpatient"]
-                  if r["resourceType"] == "Condition"]
+    conditions = [
+        r for r in patients()["mk-confirmed-inpatient"] if r["resourceType"] == "Condition"
+    ]
     many = [dict(conditions[0], id=f"c-{i}") for i in range(5000)]
     body["prefetch"]["conditions"] = searchset(many)
     raw = json.dumps(body).encode()
     assert 2 * 1024 * 1024 < len(raw) < 5 * 1024 * 1024
-    response = client.post(f"/cds-services/{service.id}", data=raw,
-                           content_type="application/json")
+    response = client.post(f"/cds-services/{service.id}", data=raw, content_type="application/json")
     assert response.status_code == 200
     assert len(response.get_json()["cards"]) <= 3
 
@@ -320,8 +380,9 @@ def test_huge_prefetch_bundle_is_answered(client: FlaskClient, services: list[Cd
 # A lone surrogate ("\ud800" in the JSON text) is valid JSON but not encodable text: the
 # ids are hashed and put into URLs, so the body parser refuses it with a 400.
 @pytest.mark.parametrize("field", ["hookInstance", "hook", "userId", "patientId", "encounterId"])
-def test_lone_surrogates_in_strings(client: FlaskClient, a_request: tuple[str, dict[str, Any]],
-                                    field: str) -> None:
+def test_lone_surrogates_in_strings(
+    client: FlaskClient, a_request: tuple[str, dict[str, Any]], field: str
+) -> None:
     service_id, body = a_request
     body = json.loads(json.dumps(body))
     if field in body:
@@ -329,8 +390,7 @@ def test_lone_surrogates_in_strings(client: FlaskClient, a_request: tuple[str, d
     else:
         body["context"][field] = "a\udfffb"
     raw = json.dumps(body).encode()  # ensure_ascii: the JSON text carries "\ud800"
-    response = client.post(f"/cds-services/{service_id}", data=raw,
-                           content_type="application/json")
+    response = client.post(f"/cds-services/{service_id}", data=raw, content_type="application/json")
     assert response.status_code == 400
     assert_handled(response)
 
@@ -338,9 +398,9 @@ def test_lone_surrogates_in_strings(client: FlaskClient, a_request: tuple[str, d
 # The same surrogate as raw bytes (b"\xed\xa0\x80", as CESU-8 writes it) is not UTF-8 at all;
 # json.loads would take it with "surrogatepass", so the parser decodes strictly first.
 @pytest.mark.parametrize("field", ["hookInstance", "userId", "patientId", "encounterId"])
-def test_encoded_surrogates_are_not_utf8(client: FlaskClient,
-                                         a_request: tuple[str, dict[str, Any]],
-                                         field: str) -> None:
+def test_encoded_surrogates_are_not_utf8(
+    client: FlaskClient, a_request: tuple[str, dict[str, Any]], field: str
+) -> None:
     service_id, body = a_request
     body = json.loads(json.dumps(body))
     if field in body:
@@ -349,16 +409,17 @@ def test_encoded_surrogates_are_not_utf8(client: FlaskClient,
         body["context"][field] = "a\ud800b"
     raw = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass")
     assert b"\xed\xa0\x80" in raw
-    response = client.post(f"/cds-services/{service_id}", data=raw,
-                           content_type="application/json")
+    response = client.post(f"/cds-services/{service_id}", data=raw, content_type="application/json")
     assert response.status_code == 400
     assert response.get_json()["error"]["message"] == "The body is not valid JSON."
 
 
-@pytest.mark.parametrize("hook", ["", "patient-view ", "PATIENT-VIEW", "order-sign",
-                                  "no-such-hook", "a" * 10_000])
-def test_unknown_or_wrong_hooks_are_400(client: FlaskClient,
-                                        a_request: tuple[str, dict[str, Any]], hook: str) -> None:
+@pytest.mark.parametrize(
+    "hook", ["", "patient-view ", "PATIENT-VIEW", "order-sign", "no-such-hook", "a" * 10_000]
+)
+def test_unknown_or_wrong_hooks_are_400(
+    client: FlaskClient, a_request: tuple[str, dict[str, Any]], hook: str
+) -> None:
     service_id, body = a_request
     body = dict(body, hook=hook)
     response = client.post(f"/cds-services/{service_id}", json=body)
@@ -370,15 +431,29 @@ WRONG_TYPES = [None, 0, -1, 1.5, True, "", "x", [], [1], {}, {"a": 1}]
 
 
 @pytest.mark.parametrize("value", WRONG_TYPES)
-@pytest.mark.parametrize("path", [
-    ("hook",), ("hookInstance",), ("fhirServer",), ("fhirAuthorization",),
-    ("fhirAuthorization", "access_token"), ("fhirAuthorization", "expires_in"),
-    ("context",), ("context", "patientId"), ("context", "encounterId"), ("context", "userId"),
-    ("prefetch",), ("prefetch", "conditions"), ("prefetch", "observations"),
-    ("prefetch", "encounter"), ("prefetch", "conditions", "entry"),
-])
-def test_wrong_types_everywhere(client: FlaskClient, a_request: tuple[str, dict[str, Any]],
-                                path: tuple[str, ...], value: Any) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("hook",),
+        ("hookInstance",),
+        ("fhirServer",),
+        ("fhirAuthorization",),
+        ("fhirAuthorization", "access_token"),
+        ("fhirAuthorization", "expires_in"),
+        ("context",),
+        ("context", "patientId"),
+        ("context", "encounterId"),
+        ("context", "userId"),
+        ("prefetch",),
+        ("prefetch", "conditions"),
+        ("prefetch", "observations"),
+        ("prefetch", "encounter"),
+        ("prefetch", "conditions", "entry"),
+    ],
+)
+def test_wrong_types_everywhere(
+    client: FlaskClient, a_request: tuple[str, dict[str, Any]], path: tuple[str, ...], value: Any
+) -> None:
     service_id, body = a_request
     body = json.loads(json.dumps(body))
     target = body
@@ -388,8 +463,9 @@ def test_wrong_types_everywhere(client: FlaskClient, a_request: tuple[str, dict[
     assert_handled(client.post(f"/cds-services/{service_id}", json=body))
 
 
-def test_every_valid_request_still_passes(client: FlaskClient,
-                                          valid_requests: list[tuple[str, dict[str, Any]]]) -> None:
+def test_every_valid_request_still_passes(
+    client: FlaskClient, valid_requests: list[tuple[str, dict[str, Any]]]
+) -> None:
     # The fuzzing above starts from these; they must be answered 200 or it fuzzes nothing.
     for service_id, body in valid_requests:
         response = client.post(f"/cds-services/{service_id}", json=body)

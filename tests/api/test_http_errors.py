@@ -49,14 +49,16 @@ def test_ok_call_returns_cards(client: FlaskClient) -> None:
 
 
 def test_not_json_is_400(client: FlaskClient) -> None:
-    response = client.post("/cds-services/test-view", data=b"{not json",
-                           content_type="application/json")
+    response = client.post(
+        "/cds-services/test-view", data=b"{not json", content_type="application/json"
+    )
     assert_error_shape(response, 400, "invalid-request")
 
 
 def test_invalid_utf8_is_400(client: FlaskClient) -> None:
-    response = client.post("/cds-services/test-view", data=b'{"hook": "\xff\xfe"}',
-                           content_type="application/json")
+    response = client.post(
+        "/cds-services/test-view", data=b'{"hook": "\xff\xfe"}', content_type="application/json"
+    )
     assert_error_shape(response, 400, "invalid-request")
 
 
@@ -83,8 +85,9 @@ def test_hook_mismatch_is_400(client: FlaskClient) -> None:
 
 
 def test_missing_context_key_is_400(client: FlaskClient) -> None:
-    response = client.post("/cds-services/test-view",
-                           json=request_body(context={"userId": "Practitioner/1"}))
+    response = client.post(
+        "/cds-services/test-view", json=request_body(context={"userId": "Practitioner/1"})
+    )
     error = assert_error_shape(response, 400, "invalid-request")
     assert error["details"][0]["path"] == "context.patientId"
 
@@ -107,14 +110,16 @@ def test_wrong_method_is_405(client: FlaskClient) -> None:
 def test_body_too_large_is_413(make_app: Any) -> None:
     client = make_app(CDS_REGISTRY=fake_registry(), CDS_MAX_BODY_BYTES="1000").test_client()
     body = request_body(context={"patientId": "p", "pad": "x" * 2000})
-    response = client.post("/cds-services/test-view", data=json.dumps(body),
-                           content_type="application/json")
+    response = client.post(
+        "/cds-services/test-view", data=json.dumps(body), content_type="application/json"
+    )
     assert_error_shape(response, 413, "payload-too-large")
 
 
 def test_wrong_content_type_is_415(client: FlaskClient) -> None:
-    response = client.post("/cds-services/test-view", data=json.dumps(request_body()),
-                           content_type="text/plain")
+    response = client.post(
+        "/cds-services/test-view", data=json.dumps(request_body()), content_type="text/plain"
+    )
     assert_error_shape(response, 415, "unsupported-media-type")
 
 
@@ -124,7 +129,8 @@ def test_missing_required_prefetch_is_412(client: FlaskClient) -> None:
     response = client.post("/cds-services/test-view", json=body)
     error = assert_error_shape(response, 412, "prefetch-unavailable")
     assert "conditions" in error["message"] or any(
-        "conditions" in str(d) for d in error.get("details", []))
+        "conditions" in str(d) for d in error.get("details", [])
+    )
 
 
 def test_unexpected_failure_is_generic_500(client: FlaskClient, caplog: Any) -> None:
@@ -136,15 +142,17 @@ def test_unexpected_failure_is_generic_500(client: FlaskClient, caplog: Any) -> 
 
 
 def test_unsigned_call_from_remote_address_is_401(client: FlaskClient) -> None:
-    response = client.post("/cds-services/test-view", json=request_body(),
-                           environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    response = client.post(
+        "/cds-services/test-view", json=request_body(), environ_base={"REMOTE_ADDR": "10.1.2.3"}
+    )
     assert_error_shape(response, 401, "unauthorized")
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 @pytest.mark.parametrize("value", [5, 1.5, True, ["pat-1"], {"id": "pat-1"}])
 def test_context_id_of_wrong_type_is_400(client: FlaskClient, value: Any) -> None:
-    response = client.post("/cds-services/test-view",
-                           json=request_body(context={"patientId": value}))
+    response = client.post(
+        "/cds-services/test-view", json=request_body(context={"patientId": value})
+    )
     error = assert_error_shape(response, 400, "invalid-request")
     assert error["details"] == [{"path": "context.patientId", "problem": "must be a string"}]

@@ -36,8 +36,9 @@ COMMENT_NAME = "Solveig Fjellheim"  # a name a clinician might type into a comme
 @pytest.fixture
 def app(make_app: Any, tmp_path: Path) -> Flask:
     path = write_trusted_clients(tmp_path, [{"iss": ISSUER, "jwks": KEY.jwks()}])
-    application: Flask = make_app(CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(path),
-                                  CDS_LOG_LEVEL="DEBUG")
+    application: Flask = make_app(
+        CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(path), CDS_LOG_LEVEL="DEBUG"
+    )
     return application
 
 
@@ -77,8 +78,11 @@ def with_fhir_token(request: dict[str, Any]) -> dict[str, Any]:
     request = json.loads(json.dumps(request))
     request.setdefault("fhirServer", "https://ehr.example.org/fhir")
     request["fhirAuthorization"] = {
-        "access_token": FHIR_TOKEN, "token_type": "Bearer", "expires_in": 300,
-        "scope": "user/Patient.read", "subject": "mkopper-cds",
+        "access_token": FHIR_TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "user/Patient.read",
+        "subject": "mkopper-cds",
     }
     return request
 
@@ -92,16 +96,26 @@ class Exchange:
         self.identifiers: set[str] = set(patient_identifiers()) | {COMMENT_NAME}
         self.statuses: list[int] = []
 
-    def post(self, service_id: str, body: Any, token: str | None = None,
-             path_suffix: str = "", raw: bytes | None = None) -> Any:
+    def post(
+        self,
+        service_id: str,
+        body: Any,
+        token: str | None = None,
+        path_suffix: str = "",
+        raw: bytes | None = None,
+    ) -> Any:
         url = BASE + service_id + path_suffix
         token = token if token is not None else KEY.token(url)
         self.secrets.update(part for part in token.split(".")[1:] if len(part) > 8)
         if isinstance(body, dict):
             self.identifiers |= identifiers_in(body)
         data = raw if raw is not None else json.dumps(body).encode()
-        response = self.client.post(url, data=data, content_type="application/json",
-                                    headers={"Authorization": f"Bearer {token}"})
+        response = self.client.post(
+            url,
+            data=data,
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {token}"},
+        )
         self.statuses.append(response.status_code)
         text = response.get_data(as_text=True)
         for secret in self.secrets:
@@ -124,7 +138,8 @@ def assert_clean(records: list[logging.LogRecord], exchange: Exchange) -> None:
 
 
 def test_golden_cases_and_patients_leave_no_phi_in_logs(
-        app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
     exchange = Exchange(app.test_client())
     cases = list(iter_cases())
     with caplog.at_level(logging.DEBUG):
@@ -138,14 +153,21 @@ def test_golden_cases_and_patients_leave_no_phi_in_logs(
     assert_clean(caplog.records, exchange)
 
 
-def test_feedback_comments_leave_no_phi_in_logs(app: Flask,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_feedback_comments_leave_no_phi_in_logs(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
     exchange = Exchange(app.test_client())
     service = next(iter(app.extensions["cds_registry"]))
-    feedback = {"feedback": [{
-        "card": "0f6f3a3e-8e1e-4c1a-9d55-2b7c0f9e1a11", "outcome": "overridden",
-        "overrideReason": {"userComment": f"Snakket med {COMMENT_NAME}, 27029528418"},
-        "outcomeTimestamp": "2026-01-01T00:00:00Z"}]}
+    feedback = {
+        "feedback": [
+            {
+                "card": "0f6f3a3e-8e1e-4c1a-9d55-2b7c0f9e1a11",
+                "outcome": "overridden",
+                "overrideReason": {"userComment": f"Snakket med {COMMENT_NAME}, 27029528418"},
+                "outcomeTimestamp": "2026-01-01T00:00:00Z",
+            }
+        ]
+    }
     with caplog.at_level(logging.DEBUG):
         response = exchange.post(service.id, feedback, path_suffix="/feedback")
     assert response.status_code == 200
@@ -153,16 +175,20 @@ def test_feedback_comments_leave_no_phi_in_logs(app: Flask,
 
 
 def test_attacks_and_malformed_bodies_leave_no_phi_in_logs(
-        app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
     exchange = Exchange(app.test_client())
     registry = list(app.extensions["cds_registry"])
     service, _, body = next(all_requests(registry))
     url = BASE + service.id
     stranger = ec_key(kid=KEY.kid, slot="log-test-stranger")
     attacks = [
-        KEY.token(url, exp=1), KEY.token("https://other.example/"),
-        KEY.token(url, iss="https://attacker.example"), stranger.token(url),
-        KEY.token(url, headers={"jku": "https://attacker.example/jwks"}), "not-a-jwt",
+        KEY.token(url, exp=1),
+        KEY.token("https://other.example/"),
+        KEY.token(url, iss="https://attacker.example"),
+        stranger.token(url),
+        KEY.token(url, headers={"jku": "https://attacker.example/jwks"}),
+        "not-a-jwt",
     ]
     replayed = KEY.token(url)
     with caplog.at_level(logging.DEBUG):
@@ -173,8 +199,12 @@ def test_attacks_and_malformed_bodies_leave_no_phi_in_logs(
         broken = json.dumps(body).encode()
         exchange.post(service.id, body, raw=broken[: len(broken) // 2])
         exchange.post(service.id, body, raw=broken.replace(b'"context"', b'"context\xff"'))
-        for field, value in [("hook", 5), ("context", "x"), ("fhirServer", "not a url"),
-                             ("fhirAuthorization", {"access_token": FHIR_TOKEN})]:
+        for field, value in [
+            ("hook", 5),
+            ("context", "x"),
+            ("fhirServer", "not a url"),
+            ("fhirAuthorization", {"access_token": FHIR_TOKEN}),
+        ]:
             exchange.post(service.id, dict(body, **{field: value}))
         wrong = json.loads(json.dumps(body))
         wrong["context"]["patientId"] = {"id": wrong["context"]["patientId"]}
@@ -194,8 +224,9 @@ def test_the_check_catches_a_leak(app: Flask, leak: str) -> None:
     service, patient_id, body = next(all_requests(list(app.extensions["cds_registry"])))
     exchange.post(service.id, body)
     secret = patient_id if leak == "patient" else FHIR_TOKEN
-    record = logging.LogRecord("plugin.calls", logging.INFO, __file__, 1, "call %s",
-                               (secret,), None)
+    record = logging.LogRecord(
+        "plugin.calls", logging.INFO, __file__, 1, "call %s", (secret,), None
+    )
     with pytest.raises(AssertionError):
         assert_clean([record], exchange)
 
@@ -224,7 +255,8 @@ def fhir_base() -> Iterator[str]:
 
 
 def test_fhir_fetch_at_debug_leaves_no_patient_id_in_logs(
-        app: Flask, fhir_base: str, caplog: pytest.LogCaptureFixture) -> None:
+    app: Flask, fhir_base: str, caplog: pytest.LogCaptureFixture
+) -> None:
     exchange = Exchange(app.test_client())
     with caplog.at_level(logging.DEBUG), FhirClient() as client:
         result = client.fetch(fhir_base, "Condition?patient=mk-confirmed-inpatient", FHIR_TOKEN)

@@ -37,17 +37,19 @@ def _no_answer(_request: Any, _data: PrefetchData) -> Evaluation:
 
 
 def _registry_with_optional_key() -> ServiceRegistry:
-    return ServiceRegistry([
-        *fake_registry(),
-        CdsService(
-            id="optional-view",
-            hook="patient-view",
-            title="Optional",
-            description="Needs no prefetch key.",
-            prefetch={"observations": "Observation?patient={{context.patientId}}"},
-            evaluate=_no_answer,
-        ),
-    ])
+    return ServiceRegistry(
+        [
+            *fake_registry(),
+            CdsService(
+                id="optional-view",
+                hook="patient-view",
+                title="Optional",
+                description="Needs no prefetch key.",
+                prefetch={"observations": "Observation?patient={{context.patientId}}"},
+                evaluate=_no_answer,
+            ),
+        ]
+    )
 
 
 @pytest.fixture
@@ -59,15 +61,18 @@ def test_a_call_is_counted_with_its_phases_and_cards(client: FlaskClient) -> Non
     for _ in range(2):
         assert client.post("/cds-services/test-view", json=request_body()).status_code == 200
 
-    assert value(client, "cds_requests_total", endpoint="call", service="test-view",
-                 status="200") == 2
-    assert value(client, "cds_request_duration_seconds_count", endpoint="call",
-                 service="test-view") == 2
+    assert (
+        value(client, "cds_requests_total", endpoint="call", service="test-view", status="200") == 2
+    )
+    assert (
+        value(client, "cds_request_duration_seconds_count", endpoint="call", service="test-view")
+        == 2
+    )
     for name in ("auth", "parse", "prefetch", "rules", "storage", "cards"):
-        assert value(client, "cds_phase_duration_seconds_count", service="test-view",
-                     phase=name) == 2, name
-    assert value(client, "cds_cards_issued_total", service="test-view",
-                 finding="test-finding") == 2
+        assert (
+            value(client, "cds_phase_duration_seconds_count", service="test-view", phase=name) == 2
+        ), name
+    assert value(client, "cds_cards_issued_total", service="test-view", finding="test-finding") == 2
     assert value(client, "cds_http_errors_total", status_class="4xx", status="404") == 0
 
 
@@ -75,8 +80,9 @@ def test_each_app_counts_from_zero(make_app: Any) -> None:
     first = make_app(CDS_REGISTRY=fake_registry()).test_client()
     first.post("/cds-services/test-view", json=request_body())
     second = make_app(CDS_REGISTRY=fake_registry()).test_client()
-    assert value(second, "cds_requests_total", endpoint="call", service="test-view",
-                 status="200") == 0
+    assert (
+        value(second, "cds_requests_total", endpoint="call", service="test-view", status="200") == 0
+    )
 
 
 def test_errors_are_counted_by_class(client: FlaskClient) -> None:
@@ -86,29 +92,51 @@ def test_errors_are_counted_by_class(client: FlaskClient) -> None:
 
     assert value(client, "cds_http_errors_total", status_class="4xx", status="400") == 1
     assert value(client, "cds_http_errors_total", status_class="5xx", status="500") == 1
-    assert value(client, "cds_phase_errors_total", service="test-view", phase="parse",
-                 code="invalid-request") == 1
-    assert value(client, "cds_phase_errors_total", service="test-view", phase="rules",
-                 code="unexpected") == 1
+    assert (
+        value(
+            client,
+            "cds_phase_errors_total",
+            service="test-view",
+            phase="parse",
+            code="invalid-request",
+        )
+        == 1
+    )
+    assert (
+        value(
+            client, "cds_phase_errors_total", service="test-view", phase="rules", code="unexpected"
+        )
+        == 1
+    )
 
 
 def test_unknown_service_ids_share_one_label(client: FlaskClient) -> None:
     for made_up in ("a", "b", "c"):
         assert client.post(f"/cds-services/{made_up}", json=request_body()).status_code == 404
     samples = _samples(client)
-    services = {dict(labels).get("service") for (name, labels) in samples
-                if name == "cds_requests_total"}
+    services = {
+        dict(labels).get("service") for (name, labels) in samples if name == "cds_requests_total"
+    }
     assert services >= {"(unknown)"}
     assert not services & {"a", "b", "c"}
-    assert value(client, "cds_requests_total", endpoint="call", service="(unknown)",
-                 status="404") == 3
+    assert (
+        value(client, "cds_requests_total", endpoint="call", service="(unknown)", status="404") == 3
+    )
 
 
 def test_missing_required_prefetch_counts_as_a_prefetch_error(client: FlaskClient) -> None:
     response = client.post("/cds-services/test-view", json=request_body(prefetch={}))
     assert response.status_code == 412
-    assert value(client, "cds_phase_errors_total", service="test-view", phase="prefetch",
-                 code="prefetch-unavailable") == 1
+    assert (
+        value(
+            client,
+            "cds_phase_errors_total",
+            service="test-view",
+            phase="prefetch",
+            code="prefetch-unavailable",
+        )
+        == 1
+    )
     assert value(client, "cds_http_errors_total", status_class="4xx", status="412") == 1
 
 
@@ -116,15 +144,19 @@ def test_failed_optional_key_is_a_fetch_failure(client: FlaskClient) -> None:
     outcome = {"resourceType": "OperationOutcome", "issue": []}
     body = request_body(prefetch={"observations": outcome})
     assert client.post("/cds-services/optional-view", json=body).status_code == 200
-    assert value(client, "cds_fhir_fetch_failures_total", service="optional-view",
-                 key="observations") == 1
+    assert (
+        value(client, "cds_fhir_fetch_failures_total", service="optional-view", key="observations")
+        == 1
+    )
 
 
 def test_metrics_never_carry_patient_ids(client: FlaskClient) -> None:
     body = request_body(context={"patientId": PATIENT_ID, "userId": "Practitioner/99"})
     client.post("/cds-services/test-view", json=body)
-    client.post("/cds-services/test-view", json=request_body(
-        context={"patientId": PATIENT_ID, "explode": True}))
+    client.post(
+        "/cds-services/test-view",
+        json=request_body(context={"patientId": PATIENT_ID, "explode": True}),
+    )
     text = client.get("/metrics").get_data(as_text=True)
     assert PATIENT_ID not in text
     assert "Practitioner/99" not in text
@@ -135,8 +167,11 @@ def test_gunicorn_workers_are_summed(tmp_path: Path) -> None:
     service = ServiceProcess(tmp_path, workers=2, CDS_ALLOW_UNSIGNED="1")
     try:
         url = f"{service.base}/cds-services/mkopper-patient-view/feedback"
-        body = {"feedback": [{"card": "c", "outcome": "accepted",
-                              "outcomeTimestamp": "2026-11-25T10:15:00Z"}]}
+        body = {
+            "feedback": [
+                {"card": "c", "outcome": "accepted", "outcomeTimestamp": "2026-11-25T10:15:00Z"}
+            ]
+        }
         calls = 40
         for _ in range(calls):
             assert http("POST", url, body)[0] == 200
@@ -168,16 +203,27 @@ def test_urls_without_a_route_share_one_label(client: FlaskClient) -> None:
 def test_an_unreachable_fhir_server_is_counted(make_app: Any) -> None:
     port = free_port()  # nothing listens here: every fetch is refused
     fhir_base = f"http://127.0.0.1:{port}/fhir"
-    client = make_app(CDS_REGISTRY=_registry_with_optional_key(),
-                      CDS_ALLOWED_FHIR_SERVERS=fhir_base).test_client()
+    client = make_app(
+        CDS_REGISTRY=_registry_with_optional_key(), CDS_ALLOWED_FHIR_SERVERS=fhir_base
+    ).test_client()
     body = request_body(prefetch=None, fhirServer=fhir_base)
     body.pop("prefetch")
 
     # An optional key that cannot be fetched: the call goes on without it.
     assert client.post("/cds-services/optional-view", json=body).status_code == 200
-    assert value(client, "cds_fhir_fetch_failures_total", service="optional-view",
-                 key="observations") == 1
+    assert (
+        value(client, "cds_fhir_fetch_failures_total", service="optional-view", key="observations")
+        == 1
+    )
     # A required key that cannot be fetched ends the call in the prefetch phase.
     assert client.post("/cds-services/test-view", json=body).status_code == 412
-    assert value(client, "cds_phase_errors_total", service="test-view", phase="prefetch",
-                 code="prefetch-unavailable") == 1
+    assert (
+        value(
+            client,
+            "cds_phase_errors_total",
+            service="test-view",
+            phase="prefetch",
+            code="prefetch-unavailable",
+        )
+        == 1
+    )

@@ -33,9 +33,13 @@ def body(base: str, prefetch: dict[str, Any] | None = None) -> dict[str, Any]:
         "hook": "patient-view",
         "hookInstance": "5b0f1c3e-1111-4a2b-8c3d-9e8f7a6b5c4d",
         "fhirServer": base,
-        "fhirAuthorization": {"access_token": TOKEN, "token_type": "Bearer",
-                              "expires_in": 300, "scope": "patient/*.read",
-                              "subject": "cds"},
+        "fhirAuthorization": {
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "cds",
+        },
         "context": {"userId": "Practitioner/u1", "patientId": "p1"},
     }
     if prefetch is not None:
@@ -44,8 +48,11 @@ def body(base: str, prefetch: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def app_client(make_app: Any, allowed: str) -> FlaskClient:
-    app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOWED_FHIR_SERVERS=allowed,
-                   CDS_PREFETCH_BUDGET_MS=str(BUDGET_MS))
+    app = make_app(
+        CDS_REGISTRY=fake_registry(),
+        CDS_ALLOWED_FHIR_SERVERS=allowed,
+        CDS_PREFETCH_BUDGET_MS=str(BUDGET_MS),
+    )
     client: FlaskClient = app.test_client()
     return client
 
@@ -57,8 +64,7 @@ def timed_post(client: FlaskClient, payload: dict[str, Any]) -> tuple[Any, float
 
 
 @pytest.mark.parametrize("mode", FAULTS)
-def test_fhir_faults_answer_412_within_budget(make_app: Any, fault_server: str,
-                                              mode: str) -> None:
+def test_fhir_faults_answer_412_within_budget(make_app: Any, fault_server: str, mode: str) -> None:
     base = f"{fault_server}/{mode}"
     client = app_client(make_app, base)
     response, elapsed = timed_post(client, body(base))
@@ -81,8 +87,9 @@ def test_fhir_server_down_answers_412(make_app: Any) -> None:
     assert elapsed <= LIMIT_S
 
 
-def test_fhir_server_not_on_allowlist_gets_no_connection(make_app: Any,
-                                                         recorder: AcceptRecorder) -> None:
+def test_fhir_server_not_on_allowlist_gets_no_connection(
+    make_app: Any, recorder: AcceptRecorder
+) -> None:
     base = f"http://127.0.0.1:{recorder.port}/fhir"
     client = app_client(make_app, "https://fhir.example.org/r4")
     response, _ = timed_post(client, body(base))
@@ -94,8 +101,13 @@ def test_fhir_server_not_on_allowlist_gets_no_connection(make_app: Any,
 def test_supplied_prefetch_needs_no_server(make_app: Any, recorder: AcceptRecorder) -> None:
     base = f"http://127.0.0.1:{recorder.port}/fhir"
     client = app_client(make_app, base)
-    prefetch = {"conditions": {"resourceType": "Bundle", "type": "searchset", "entry": [
-        {"resource": {"resourceType": "Condition", "id": "c1"}}]}}
+    prefetch = {
+        "conditions": {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": {"resourceType": "Condition", "id": "c1"}}],
+        }
+    }
     response, _ = timed_post(client, body(base, prefetch))
     assert response.status_code == 200
     assert response.get_json()["cards"][0]["summary"] == "1 conditions"
@@ -103,15 +115,20 @@ def test_supplied_prefetch_needs_no_server(make_app: Any, recorder: AcceptRecord
 
 
 @pytest.mark.fhir_server
-def test_absent_prefetch_is_fetched_from_the_fhir_server(make_app: Any,
-                                                         fhir_store: FhirTestServer) -> None:
-    fhir_store.load([
-        {"resourceType": "Patient", "id": "p1"},
-        {"resourceType": "Patient", "id": "p2"},
-        *({"resourceType": "Condition", "id": f"c{i}", "subject": {"reference": "Patient/p1"}}
-          for i in range(3)),
-        {"resourceType": "Condition", "id": "other", "subject": {"reference": "Patient/p2"}},
-    ])
+def test_absent_prefetch_is_fetched_from_the_fhir_server(
+    make_app: Any, fhir_store: FhirTestServer
+) -> None:
+    fhir_store.load(
+        [
+            {"resourceType": "Patient", "id": "p1"},
+            {"resourceType": "Patient", "id": "p2"},
+            *(
+                {"resourceType": "Condition", "id": f"c{i}", "subject": {"reference": "Patient/p1"}}
+                for i in range(3)
+            ),
+            {"resourceType": "Condition", "id": "other", "subject": {"reference": "Patient/p2"}},
+        ]
+    )
     client = app_client(make_app, fhir_store.base_url)
     response, elapsed = timed_post(client, body(fhir_store.base_url))
     assert response.status_code == 200, response.get_data(as_text=True)

@@ -64,9 +64,13 @@ def variants(case: Case, base: str) -> dict[str, dict[str, Any]]:
     """The request with all, part and none of its prefetch, pointed at the test server."""
     full = copy.deepcopy(case.request)
     full["fhirServer"] = base
-    full["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer",
-                                 "expires_in": 300, "scope": "patient/*.read",
-                                 "subject": "mkopper-cds"}
+    full["fhirAuthorization"] = {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "mkopper-cds",
+    }
     keys = sorted(full.get("prefetch") or {})
     out = {"full": full}
     if keys:
@@ -74,7 +78,7 @@ def variants(case: Case, base: str) -> dict[str, dict[str, Any]]:
         first_half = copy.deepcopy(full)
         first_half["prefetch"] = {k: full["prefetch"][k] for k in keys[: len(keys) // 2]}
         second_half = copy.deepcopy(full)
-        second_half["prefetch"] = {k: full["prefetch"][k] for k in keys[len(keys) // 2:]}
+        second_half["prefetch"] = {k: full["prefetch"][k] for k in keys[len(keys) // 2 :]}
         out["partial-a"] = first_half
         out["partial-b"] = second_half
     none = copy.deepcopy(full)
@@ -85,8 +89,8 @@ def variants(case: Case, base: str) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_full_partial_and_no_prefetch_give_the_same_cards(
-        case: Case, registry: ServiceRegistry, server: FhirTestServer,
-        client: FhirClient) -> None:
+    case: Case, registry: ServiceRegistry, server: FhirTestServer, client: FhirClient
+) -> None:
     server.reset()
     server.load(prefetch_resources(case))
     service = registry.get(case.service_id)
@@ -95,8 +99,9 @@ def test_full_partial_and_no_prefetch_give_the_same_cards(
     for name, body in variants(case, server.base_url).items():
         request = HookRequest.model_validate(body)
         service.check_request(request)
-        data = resolve(service, request, client=client, budget_ms=BUDGET_MS,
-                       allowed=[server.base_url])
+        data = resolve(
+            service, request, client=client, budget_ms=BUDGET_MS, allowed=[server.base_url]
+        )
         failed[name] = data.failed
         answers[name] = normalise(CdsResponse(cards=service.evaluate(request, data).cards).wire())
     assert answers["full"] == case.expected
@@ -108,4 +113,3 @@ def test_full_partial_and_no_prefetch_give_the_same_cards(
 
 def test_parity_covers_every_golden_case() -> None:
     assert len(CASES) >= 30
-

@@ -60,21 +60,30 @@ def assert_clean(exc: BaseException) -> None:
 # --- normalisation and allowlist ---------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("https://FHIR.example.org/r4/", "https://fhir.example.org:443/r4"),
-    ("https://fhir.example.org:443/r4", "https://fhir.example.org:443/r4"),
-    ("http://fhir.example.org", "http://fhir.example.org:80"),
-    ("http://[::1]:8080/fhir//", "http://[::1]:8080/fhir"),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://FHIR.example.org/r4/", "https://fhir.example.org:443/r4"),
+        ("https://fhir.example.org:443/r4", "https://fhir.example.org:443/r4"),
+        ("http://fhir.example.org", "http://fhir.example.org:80"),
+        ("http://[::1]:8080/fhir//", "http://[::1]:8080/fhir"),
+    ],
+)
 def test_normalise_base(url: str, expected: str) -> None:
     assert normalise_base(url) == expected
 
 
-@pytest.mark.parametrize("url", [
-    "ftp://fhir.example.org", "https://user:pw@fhir.example.org/r4",
-    "https://fhir.example.org/r4?x=1", "https://fhir.example.org/r4#f", "https:///r4",
-    "https://fhir.example.org:99999/r4",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://fhir.example.org",
+        "https://user:pw@fhir.example.org/r4",
+        "https://fhir.example.org/r4?x=1",
+        "https://fhir.example.org/r4#f",
+        "https:///r4",
+        "https://fhir.example.org:99999/r4",
+    ],
+)
 def test_normalise_base_refuses(url: str) -> None:
     with pytest.raises(ValueError):
         normalise_base(url)
@@ -119,8 +128,11 @@ def test_search_sends_accept_and_bearer_token(client: FhirClient) -> None:
     responses.get(
         f"{BASE}/{QUERY}",
         json=bundle([condition(1)]),
-        match=[matchers.header_matcher({"Accept": "application/fhir+json",
-                                        "Authorization": f"Bearer {TOKEN}"})],
+        match=[
+            matchers.header_matcher(
+                {"Accept": "application/fhir+json", "Authorization": f"Bearer {TOKEN}"}
+            )
+        ],
     )
     result = client.fetch(BASE, QUERY, TOKEN)
     assert [r["id"] for r in result.resources] == ["c1"]
@@ -136,13 +148,22 @@ def test_no_token_no_authorization_header(client: FhirClient) -> None:
     assert "Authorization" not in responses.calls[0].request.headers
 
 
-@pytest.mark.parametrize(("status", "error"), [
-    (401, FhirAuthError), (403, FhirAuthError), (404, FhirError), (400, FhirError),
-    (500, FhirUnavailable), (503, FhirUnavailable), (429, FhirUnavailable),
-])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (401, FhirAuthError),
+        (403, FhirAuthError),
+        (404, FhirError),
+        (400, FhirError),
+        (500, FhirUnavailable),
+        (503, FhirUnavailable),
+        (429, FhirUnavailable),
+    ],
+)
 @responses.activate
-def test_http_errors_convert_at_the_boundary(client: FhirClient, status: int,
-                                             error: type[Exception]) -> None:
+def test_http_errors_convert_at_the_boundary(
+    client: FhirClient, status: int, error: type[Exception]
+) -> None:
     responses.get(f"{BASE}/{QUERY}", status=status, body="server-body-secret")
     with pytest.raises(error) as caught:
         client.fetch(BASE, QUERY, TOKEN)
@@ -150,11 +171,14 @@ def test_http_errors_convert_at_the_boundary(client: FhirClient, status: int,
     assert_clean(caught.value)
 
 
-@pytest.mark.parametrize("failure", [
-    requests.ConnectTimeout("connect https://fhir.example.org/r4/Condition?patient=pat-4711"),
-    requests.ReadTimeout("read https://fhir.example.org/r4/Condition?patient=pat-4711"),
-    requests.ConnectionError("refused https://fhir.example.org/r4/Condition?patient=pat-4711"),
-])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        requests.ConnectTimeout("connect https://fhir.example.org/r4/Condition?patient=pat-4711"),
+        requests.ReadTimeout("read https://fhir.example.org/r4/Condition?patient=pat-4711"),
+        requests.ConnectionError("refused https://fhir.example.org/r4/Condition?patient=pat-4711"),
+    ],
+)
 @responses.activate
 def test_transport_failures_are_unavailable(client: FhirClient, failure: Exception) -> None:
     responses.get(f"{BASE}/{QUERY}", body=failure)
@@ -164,9 +188,16 @@ def test_transport_failures_are_unavailable(client: FhirClient, failure: Excepti
     assert caught.value.__cause__ is None  # the URL-bearing original is not chained
 
 
-@pytest.mark.parametrize("body", [
-    "server-body-secret {not json", "[1, 2]", '{"no": "resourceType"}', "", "[" * 100_000,
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "server-body-secret {not json",
+        "[1, 2]",
+        '{"no": "resourceType"}',
+        "",
+        "[" * 100_000,
+    ],
+)
 @responses.activate
 def test_answers_that_are_not_fhir_json(client: FhirClient, body: str) -> None:
     responses.get(f"{BASE}/{QUERY}", body=body, content_type="application/fhir+json")
@@ -184,8 +215,9 @@ def test_operation_outcome_with_200_is_an_error(client: FhirClient) -> None:
 
 @responses.activate
 def test_redirect_is_not_followed(client: FhirClient) -> None:
-    responses.get(f"{BASE}/{QUERY}", status=302,
-                  headers={"Location": "https://elsewhere.example.net/steal"})
+    responses.get(
+        f"{BASE}/{QUERY}", status=302, headers={"Location": "https://elsewhere.example.net/steal"}
+    )
     with pytest.raises(FhirError):
         client.fetch(BASE, QUERY, TOKEN)
     assert len(responses.calls) == 1
@@ -193,10 +225,10 @@ def test_redirect_is_not_followed(client: FhirClient) -> None:
 
 @responses.activate
 def test_follows_next_pages_on_the_same_base(client: FhirClient) -> None:
-    responses.get(f"{BASE}/{QUERY}",
-                  json=bundle([condition(1)], f"{BASE}/Condition?page=2"))
-    responses.get(f"{BASE}/Condition?page=2",
-                  json=bundle([condition(2)], f"{BASE}/Condition?page=3"))
+    responses.get(f"{BASE}/{QUERY}", json=bundle([condition(1)], f"{BASE}/Condition?page=2"))
+    responses.get(
+        f"{BASE}/Condition?page=2", json=bundle([condition(2)], f"{BASE}/Condition?page=3")
+    )
     responses.get(f"{BASE}/Condition?page=3", json=bundle([condition(3)]))
     result = client.fetch(BASE, QUERY, TOKEN)
     assert [r["id"] for r in result.resources] == ["c1", "c2", "c3"]
@@ -208,8 +240,10 @@ def test_follows_next_pages_on_the_same_base(client: FhirClient) -> None:
 @responses.activate
 def test_page_cap(client: FhirClient) -> None:
     for page in range(1, 6):
-        responses.get(f"{BASE}/Condition?page={page}",
-                      json=bundle([condition(page)], f"{BASE}/Condition?page={page + 1}"))
+        responses.get(
+            f"{BASE}/Condition?page={page}",
+            json=bundle([condition(page)], f"{BASE}/Condition?page={page + 1}"),
+        )
     result = client.fetch(BASE, "Condition?page=1", TOKEN)
     assert result.pages == 3  # max_pages
     assert result.truncated
@@ -219,8 +253,10 @@ def test_page_cap(client: FhirClient) -> None:
 
 @responses.activate
 def test_next_link_to_another_host_is_not_followed(client: FhirClient) -> None:
-    responses.get(f"{BASE}/{QUERY}",
-                  json=bundle([condition(1)], "https://attacker.example.net/r4/Condition?p=2"))
+    responses.get(
+        f"{BASE}/{QUERY}",
+        json=bundle([condition(1)], "https://attacker.example.net/r4/Condition?p=2"),
+    )
     # Any call to another host would fail the test: responses refuses unregistered URLs.
     result = client.fetch(BASE, QUERY, TOKEN)
     assert result.truncated
@@ -230,8 +266,10 @@ def test_next_link_to_another_host_is_not_followed(client: FhirClient) -> None:
 
 @responses.activate
 def test_next_link_outside_the_base_path_is_not_followed(client: FhirClient) -> None:
-    responses.get(f"{BASE}/{QUERY}",
-                  json=bundle([condition(1)], "https://fhir.example.org/other/Condition?p=2"))
+    responses.get(
+        f"{BASE}/{QUERY}",
+        json=bundle([condition(1)], "https://fhir.example.org/other/Condition?p=2"),
+    )
     result = client.fetch(BASE, QUERY, TOKEN)
     assert result.truncated
     assert len(responses.calls) == 1
@@ -257,8 +295,10 @@ def test_five_thousand_entry_bundle(client: FhirClient) -> None:
 @responses.activate
 def test_entry_cap_truncates() -> None:
     with FhirClient(ClientLimits(max_entries=100)) as capped:
-        responses.get(f"{BASE}/{QUERY}",
-                      json=bundle([condition(i) for i in range(150)], f"{BASE}/Condition?p=2"))
+        responses.get(
+            f"{BASE}/{QUERY}",
+            json=bundle([condition(i) for i in range(150)], f"{BASE}/Condition?p=2"),
+        )
         result = capped.fetch(BASE, QUERY, TOKEN)
     assert len(result.resources) == 100
     assert result.truncated
@@ -298,8 +338,11 @@ def test_bundle_resources_skips_outcomes_and_junk() -> None:
 
 def test_cookies_are_never_kept(client: FhirClient) -> None:
     with responses.RequestsMock() as mock:
-        mock.get(f"{BASE}/Patient/a", json={"resourceType": "Patient"},
-                 headers={"Set-Cookie": "session=abc; Path=/"})
+        mock.get(
+            f"{BASE}/Patient/a",
+            json={"resourceType": "Patient"},
+            headers={"Set-Cookie": "session=abc; Path=/"},
+        )
         mock.get(f"{BASE}/Patient/b", json={"resourceType": "Patient"})
         client.fetch(BASE, "Patient/a", TOKEN)
         client.fetch(BASE, "Patient/b", TOKEN)
@@ -313,10 +356,16 @@ hosts = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", full
 paths = st.lists(st.from_regex(r"[A-Za-z0-9_.~-]{1,12}", fullmatch=True), max_size=4)
 
 
-@given(scheme=st.sampled_from(["http", "https"]), host=hosts,
-       port=st.none() | st.integers(1, 65535), segments=paths, slash=st.booleans())
+@given(
+    scheme=st.sampled_from(["http", "https"]),
+    host=hosts,
+    port=st.none() | st.integers(1, 65535),
+    segments=paths,
+    slash=st.booleans(),
+)
 def test_normalise_base_is_idempotent_and_allowlist_exact(
-        scheme: str, host: str, port: int | None, segments: list[str], slash: bool) -> None:
+    scheme: str, host: str, port: int | None, segments: list[str], slash: bool
+) -> None:
     url = f"{scheme}://{host}{'' if port is None else f':{port}'}/{'/'.join(segments)}"
     url += "/" if slash else ""
     once = normalise_base(url)

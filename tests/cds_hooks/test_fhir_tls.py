@@ -36,16 +36,22 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(
-            "127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
@@ -73,8 +79,9 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     server.daemon_threads = True
     server.block_on_close = False
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield f"https://127.0.0.1:{server.server_address[1]}/fhir", cert_path
@@ -98,8 +105,9 @@ def test_ca_bundle_is_trusted(tls_server: tuple[str, Path]) -> None:
     assert result.resources == [{"resourceType": "Patient", "id": "p1"}]
 
 
-def test_environment_ca_bundle_is_not_read(tls_server: tuple[str, Path],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_ca_bundle_is_not_read(
+    tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The bundle comes from configuration, never from the process environment.
     base, cert_path = tls_server
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert_path))

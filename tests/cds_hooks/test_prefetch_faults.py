@@ -44,30 +44,43 @@ def service(keys: int = 1, required: bool = True) -> CdsService:
     def evaluate(_request: HookRequest, _data: PrefetchData) -> Evaluation:
         return Evaluation()
 
-    prefetch = {f"k{i}": f"Condition?patient={{{{context.patientId}}}}&n={i}"
-                for i in range(keys)}
-    return CdsService(id="faults", hook="patient-view", title="t", description="t",
-                      prefetch=prefetch, evaluate=evaluate,
-                      required_prefetch=frozenset(prefetch) if required else frozenset())
+    prefetch = {f"k{i}": f"Condition?patient={{{{context.patientId}}}}&n={i}" for i in range(keys)}
+    return CdsService(
+        id="faults",
+        hook="patient-view",
+        title="t",
+        description="t",
+        prefetch=prefetch,
+        evaluate=evaluate,
+        required_prefetch=frozenset(prefetch) if required else frozenset(),
+    )
 
 
 def hook_request(base: str) -> HookRequest:
-    return HookRequest.model_validate({
-        "hook": "patient-view",
-        "hookInstance": "0f4c1a43-2c7e-4b0c-9d0a-1b1c2d3e4f50",
-        "fhirServer": base,
-        "fhirAuthorization": {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 60,
-                              "scope": "patient/*.read", "subject": "cds"},
-        "context": {"patientId": "p1", "userId": "Practitioner/u1"},
-    })
+    return HookRequest.model_validate(
+        {
+            "hook": "patient-view",
+            "hookInstance": "0f4c1a43-2c7e-4b0c-9d0a-1b1c2d3e4f50",
+            "fhirServer": base,
+            "fhirAuthorization": {
+                "access_token": TOKEN,
+                "token_type": "Bearer",
+                "expires_in": 60,
+                "scope": "patient/*.read",
+                "subject": "cds",
+            },
+            "context": {"patientId": "p1", "userId": "Practitioner/u1"},
+        }
+    )
 
 
 def timed_resolve(base: str, client: FhirClient, svc: CdsService) -> tuple[Any, float]:
     """(PrefetchData or the DataUnavailable raised, seconds taken); any other error fails."""
     started = time.monotonic()
     try:
-        outcome: Any = resolve(svc, hook_request(base), client=client, budget_ms=BUDGET_MS,
-                               allowed=[base])
+        outcome: Any = resolve(
+            svc, hook_request(base), client=client, budget_ms=BUDGET_MS, allowed=[base]
+        )
     except DataUnavailable as exc:
         outcome = exc
     return outcome, time.monotonic() - started
@@ -88,8 +101,9 @@ def assert_workers_free(client: FhirClient) -> None:
 
 
 @pytest.mark.parametrize("mode", FAULTS)
-def test_failing_server_gives_412_within_budget(fault_server: str, client: FhirClient,
-                                                mode: str) -> None:
+def test_failing_server_gives_412_within_budget(
+    fault_server: str, client: FhirClient, mode: str
+) -> None:
     outcome, elapsed = timed_resolve(f"{fault_server}/{mode}", client, service(keys=2))
     assert isinstance(outcome, DataUnavailable)
     assert outcome.status == 412
@@ -100,10 +114,12 @@ def test_failing_server_gives_412_within_budget(fault_server: str, client: FhirC
 
 
 @pytest.mark.parametrize("mode", ["slow", "trickle", "500"])
-def test_failing_server_leaves_optional_keys_unknown(fault_server: str, client: FhirClient,
-                                                     mode: str) -> None:
-    outcome, elapsed = timed_resolve(f"{fault_server}/{mode}", client,
-                                     service(keys=2, required=False))
+def test_failing_server_leaves_optional_keys_unknown(
+    fault_server: str, client: FhirClient, mode: str
+) -> None:
+    outcome, elapsed = timed_resolve(
+        f"{fault_server}/{mode}", client, service(keys=2, required=False)
+    )
     assert isinstance(outcome, PrefetchData)
     assert outcome.failed == {"k0", "k1"}
     assert elapsed <= LIMIT_S
@@ -136,8 +152,9 @@ def test_unroutable_server_times_out_within_budget(client: FhirClient) -> None:
             except BlockingIOError:
                 pass
             fillers.append(filler)
-        outcome, elapsed = timed_resolve(f"http://127.0.0.1:{sock.getsockname()[1]}", client,
-                                         service())
+        outcome, elapsed = timed_resolve(
+            f"http://127.0.0.1:{sock.getsockname()[1]}", client, service()
+        )
         assert isinstance(outcome, DataUnavailable)
         assert elapsed <= LIMIT_S
         assert_workers_free(client)
@@ -154,8 +171,9 @@ def test_five_thousand_entries(fault_server: str, client: FhirClient) -> None:
     assert elapsed <= LIMIT_S
 
 
-def test_next_link_to_another_host_is_not_followed(fault_server: str, client: FhirClient,
-                                                   recorder: AcceptRecorder) -> None:
+def test_next_link_to_another_host_is_not_followed(
+    fault_server: str, client: FhirClient, recorder: AcceptRecorder
+) -> None:
     outcome, elapsed = timed_resolve(f"{fault_server}/nextother", client, service())
     # The first page alone is not the whole search: the required key is not had (412).
     assert isinstance(outcome, DataUnavailable)
@@ -164,22 +182,32 @@ def test_next_link_to_another_host_is_not_followed(fault_server: str, client: Fh
     assert recorder.accepted == 0
 
 
-def test_server_not_on_allowlist_never_gets_a_connection(client: FhirClient,
-                                                         recorder: AcceptRecorder) -> None:
+def test_server_not_on_allowlist_never_gets_a_connection(
+    client: FhirClient, recorder: AcceptRecorder
+) -> None:
     base = f"http://127.0.0.1:{recorder.port}/fhir"
     with pytest.raises(DataUnavailable):
-        resolve(service(), hook_request(base), client=client, budget_ms=BUDGET_MS,
-                allowed=[f"http://127.0.0.1:{recorder.port}/other"])
+        resolve(
+            service(),
+            hook_request(base),
+            client=client,
+            budget_ms=BUDGET_MS,
+            allowed=[f"http://127.0.0.1:{recorder.port}/other"],
+        )
     # Same host and port, a path prefix of the allowed base: still not allowed.
     with pytest.raises(DataUnavailable):
-        resolve(service(), hook_request(f"http://127.0.0.1:{recorder.port}"), client=client,
-                budget_ms=BUDGET_MS, allowed=[base])
+        resolve(
+            service(),
+            hook_request(f"http://127.0.0.1:{recorder.port}"),
+            client=client,
+            budget_ms=BUDGET_MS,
+            allowed=[base],
+        )
     time.sleep(0.1)
     assert recorder.accepted == 0
     # The recorder does count a connection when one is allowed (the test can fail).
     with pytest.raises(DataUnavailable):
-        resolve(service(), hook_request(base), client=client, budget_ms=BUDGET_MS,
-                allowed=[base])
+        resolve(service(), hook_request(base), client=client, budget_ms=BUDGET_MS, allowed=[base])
     time.sleep(0.1)
     assert recorder.accepted >= 1
 
@@ -189,18 +217,26 @@ def test_keys_are_fetched_in_parallel(fault_server: str, client: FhirClient) -> 
     outcome, elapsed = timed_resolve(f"{fault_server}/delay", client, service(keys=4))
     assert isinstance(outcome, PrefetchData)
     assert not outcome.failed
-    assert all(outcome.get(f"k{i}") == [{"resourceType": "Condition", "id": "late"}]
-               for i in range(4))
+    assert all(
+        outcome.get(f"k{i}") == [{"resourceType": "Condition", "id": "late"}] for i in range(4)
+    )
     assert elapsed <= LIMIT_S
 
 
 def test_mixed_keys_keep_what_arrived(fault_server: str, client: FhirClient) -> None:
     # Both keys share the base; the first path segment of each template picks its fault.
     svc = CdsService(
-        id="mixed", hook="patient-view", title="t", description="t",
-        prefetch={"good": "ok/Condition?patient={{context.patientId}}",
-                  "bad": "slow/Observation?patient={{context.patientId}}"},
-        evaluate=lambda _r, _d: Evaluation(), required_prefetch=frozenset({"good"}))
+        id="mixed",
+        hook="patient-view",
+        title="t",
+        description="t",
+        prefetch={
+            "good": "ok/Condition?patient={{context.patientId}}",
+            "bad": "slow/Observation?patient={{context.patientId}}",
+        },
+        evaluate=lambda _r, _d: Evaluation(),
+        required_prefetch=frozenset({"good"}),
+    )
     outcome, elapsed = timed_resolve(fault_server, client, svc)
     assert isinstance(outcome, PrefetchData)
     assert outcome.get("good") == [{"resourceType": "Condition", "id": "ok"}]
@@ -219,8 +255,9 @@ def test_saturated_pool_still_answers_within_budget(fault_server: str) -> None:
     # One fetch thread, three keys of 0.3 s: the first arrives, the second runs out of
     # budget, the third never starts. The answer still comes within the budget.
     with FhirClient(ClientLimits(timeout_s=2.0, pool_size=1)) as single:
-        outcome, elapsed = timed_resolve(f"{fault_server}/delay", single,
-                                         service(keys=3, required=False))
+        outcome, elapsed = timed_resolve(
+            f"{fault_server}/delay", single, service(keys=3, required=False)
+        )
         assert isinstance(outcome, PrefetchData)
         assert len(outcome.failed) == 2
         assert elapsed <= LIMIT_S

@@ -42,8 +42,13 @@ def service(required: frozenset[str] = frozenset({"conditions"})) -> CdsService:
     )
 
 
-def hook_request(prefetch: dict[str, Any] | None = None, *, server: str | None = BASE,
-                 token: str | None = TOKEN, **context: Any) -> HookRequest:
+def hook_request(
+    prefetch: dict[str, Any] | None = None,
+    *,
+    server: str | None = BASE,
+    token: str | None = TOKEN,
+    **context: Any,
+) -> HookRequest:
     body: dict[str, Any] = {
         "hook": "patient-view",
         "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
@@ -52,17 +57,24 @@ def hook_request(prefetch: dict[str, Any] | None = None, *, server: str | None =
     if server:
         body["fhirServer"] = server
     if server and token:
-        body["fhirAuthorization"] = {"access_token": token, "token_type": "Bearer",
-                                     "expires_in": 300, "scope": "patient/*.read",
-                                     "subject": "cds-service"}
+        body["fhirAuthorization"] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "cds-service",
+        }
     if prefetch is not None:
         body["prefetch"] = prefetch
     return HookRequest.model_validate(body)
 
 
 def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "searchset",
-            "entry": [{"resource": r} for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in resources],
+    }
 
 
 COND = {"resourceType": "Condition", "id": "c1"}
@@ -82,25 +94,28 @@ def client() -> Iterator[FhirClient]:
 def test_fill_template_encodes_values() -> None:
     context = {"patientId": "a b&c=d/e", "encounterId": "enc-1", "userId": "Practitioner/u 1"}
     template = "Condition?patient={{context.patientId}}&encounter={{ context.encounterId }}"
-    assert (fill_template(template, context)
-            == "Condition?patient=a%20b%26c%3Dd%2Fe&encounter=enc-1")
+    assert fill_template(template, context) == "Condition?patient=a%20b%26c%3Dd%2Fe&encounter=enc-1"
     assert fill_template("Practitioner/{{userPractitionerId}}", context) == "Practitioner/u%201"
     assert fill_template("Observation?code=http://loinc.org|1,http://loinc.org|2", context) == (
-        "Observation?code=http://loinc.org|1,http://loinc.org|2")
+        "Observation?code=http://loinc.org|1,http://loinc.org|2"
+    )
 
 
-@pytest.mark.parametrize(("template", "context"), [
-    ("Patient/{{context.patientId}}", {}),
-    ("Patient/{{context.patientId}}", {"patientId": ""}),
-    ("Patient/{{context.patientId}}", {"patientId": {"nested": 1}}),
-    ("Patient/{{context.patientId}}", {"patientId": True}),
-    ("PractitionerRole/{{userPractitionerRoleId}}", {"userId": "Practitioner/1"}),
-    ("Patient/{{userPatientId}}", {"userId": "Patient/1/extra"}),
-    ("X/{{unknownToken}}", {"userId": "Practitioner/1"}),
-    ("Patient/{{context.patientId}}", {"patientId": "lone \ud800 surrogate"}),
-    ("Encounter/{{context.encounterId}}", {"encounterId": ".."}),
-    ("Encounter/{{context.encounterId}}", {"encounterId": "."}),
-])
+@pytest.mark.parametrize(
+    ("template", "context"),
+    [
+        ("Patient/{{context.patientId}}", {}),
+        ("Patient/{{context.patientId}}", {"patientId": ""}),
+        ("Patient/{{context.patientId}}", {"patientId": {"nested": 1}}),
+        ("Patient/{{context.patientId}}", {"patientId": True}),
+        ("PractitionerRole/{{userPractitionerRoleId}}", {"userId": "Practitioner/1"}),
+        ("Patient/{{userPatientId}}", {"userId": "Patient/1/extra"}),
+        ("X/{{unknownToken}}", {"userId": "Practitioner/1"}),
+        ("Patient/{{context.patientId}}", {"patientId": "lone \ud800 surrogate"}),
+        ("Encounter/{{context.encounterId}}", {"encounterId": ".."}),
+        ("Encounter/{{context.encounterId}}", {"encounterId": "."}),
+    ],
+)
 def test_unfillable_tokens(template: str, context: dict[str, Any]) -> None:
     with pytest.raises(UnfillableTemplate):
         fill_template(template, context)
@@ -110,20 +125,31 @@ def test_unfillable_tokens(template: str, context: dict[str, Any]) -> None:
 
 
 def test_supplied_null_and_outcome() -> None:
-    data = resolve(service(), hook_request({
-        "patient": PAT,
-        "conditions": searchset(COND),
-        "encounters": None,
-    }))
+    data = resolve(
+        service(),
+        hook_request(
+            {
+                "patient": PAT,
+                "conditions": searchset(COND),
+                "encounters": None,
+            }
+        ),
+    )
     assert data.get("patient") == [PAT]
     assert data.get("conditions") == [COND]
     assert data.get("encounters") == []
     assert not data.failed
 
-    data = resolve(service(frozenset()), hook_request({
-        "patient": PAT, "conditions": {"resourceType": "OperationOutcome", "issue": []},
-        "encounters": None,
-    }))
+    data = resolve(
+        service(frozenset()),
+        hook_request(
+            {
+                "patient": PAT,
+                "conditions": {"resourceType": "OperationOutcome", "issue": []},
+                "encounters": None,
+            }
+        ),
+    )
     assert data.failed == {"conditions"}
     assert data.get("conditions") is None
 
@@ -132,9 +158,12 @@ def test_supplied_null_and_outcome() -> None:
 def test_operation_outcome_is_not_fetched_again(client: FhirClient) -> None:
     outcome = {"resourceType": "OperationOutcome", "issue": []}
     with pytest.raises(DataUnavailable):
-        resolve(service(), hook_request({"patient": PAT, "conditions": outcome,
-                                         "encounters": None}),
-                client=client, allowed=[BASE])
+        resolve(
+            service(),
+            hook_request({"patient": PAT, "conditions": outcome, "encounters": None}),
+            client=client,
+            allowed=[BASE],
+        )
     assert len(responses.calls) == 0
 
 
@@ -146,8 +175,9 @@ def test_absent_keys_are_fetched_with_filled_templates(client: FhirClient) -> No
     responses.get(f"{BASE}/Patient/pat%204711%2F%C3%A6", json=PAT)
     responses.get(f"{BASE}/Condition", json=searchset(COND))
     responses.get(f"{BASE}/Encounter", json=searchset(ENC))
-    data = resolve(service(), hook_request({"patient": PAT}), client=client,
-                   allowed=Allowlist([BASE]))
+    data = resolve(
+        service(), hook_request({"patient": PAT}), client=client, allowed=Allowlist([BASE])
+    )
     assert data.get("patient") == [PAT]  # supplied: not fetched
     assert data.get("conditions") == [COND]
     assert data.get("encounters") == [ENC]
@@ -162,7 +192,8 @@ def test_absent_keys_are_fetched_with_filled_templates(client: FhirClient) -> No
 
 @responses.activate
 def test_failed_fetch_of_a_required_key_is_412_naming_the_key(
-        client: FhirClient, caplog: pytest.LogCaptureFixture) -> None:
+    client: FhirClient, caplog: pytest.LogCaptureFixture
+) -> None:
     responses.get(f"{BASE}/Condition", status=500, body="diagnosis: secret")
     responses.get(f"{BASE}/Encounter", json=searchset(ENC))
     caplog.set_level(logging.DEBUG)
@@ -188,12 +219,20 @@ def test_failed_fetch_of_an_optional_key_leaves_it_unknown(client: FhirClient) -
 @responses.activate
 def test_server_not_on_allowlist_gets_no_call(client: FhirClient) -> None:
     with pytest.raises(DataUnavailable):
-        resolve(service(), hook_request({"patient": PAT}), client=client,
-                allowed=["https://other.example.org/r4"])
+        resolve(
+            service(),
+            hook_request({"patient": PAT}),
+            client=client,
+            allowed=["https://other.example.org/r4"],
+        )
     with pytest.raises(DataUnavailable):
         resolve(service(), hook_request({"patient": PAT}), client=client, allowed=None)
-    data = resolve(service(frozenset()), hook_request({"patient": PAT}), client=client,
-                   allowed="https://other.example.org/r4")
+    data = resolve(
+        service(frozenset()),
+        hook_request({"patient": PAT}),
+        client=client,
+        allowed="https://other.example.org/r4",
+    )
     assert data.failed == {"conditions", "encounters"}
     assert len(responses.calls) == 0
 
@@ -202,8 +241,12 @@ def test_server_not_on_allowlist_gets_no_call(client: FhirClient) -> None:
 def test_setting_string_allowlist(client: FhirClient) -> None:
     responses.get(f"{BASE}/Condition", json=searchset(COND))
     responses.get(f"{BASE}/Encounter", json=searchset())
-    data = resolve(service(), hook_request({"patient": PAT}), client=client,
-                   allowed=f"https://x.example.org, {BASE}/")
+    data = resolve(
+        service(),
+        hook_request({"patient": PAT}),
+        client=client,
+        allowed=f"https://x.example.org, {BASE}/",
+    )
     assert data.get("conditions") == [COND]
     assert data.get("encounters") == []
 
@@ -212,25 +255,30 @@ def test_without_client_or_server_absent_keys_are_unavailable(client: FhirClient
     with pytest.raises(DataUnavailable):
         resolve(service(), hook_request({"patient": PAT}))
     with pytest.raises(DataUnavailable):
-        resolve(service(), hook_request({"patient": PAT}, server=None), client=client,
-                allowed=[BASE])
+        resolve(
+            service(), hook_request({"patient": PAT}, server=None), client=client, allowed=[BASE]
+        )
 
 
 @responses.activate
 def test_no_token_fetches_without_authorization(client: FhirClient) -> None:
     responses.get(f"{BASE}/Condition", json=searchset(COND))
     responses.get(f"{BASE}/Encounter", json=searchset())
-    resolve(service(), hook_request({"patient": PAT}, token=None), client=client,
-            allowed=[BASE])
+    resolve(service(), hook_request({"patient": PAT}, token=None), client=client, allowed=[BASE])
     assert all("Authorization" not in c.request.headers for c in responses.calls)
 
 
 @responses.activate
 def test_unfillable_template_key_is_unavailable(client: FhirClient) -> None:
     svc = CdsService(
-        id="t", hook="patient-view", title="t", description="t",
+        id="t",
+        hook="patient-view",
+        title="t",
+        description="t",
         prefetch={"role": "PractitionerRole/{{userPractitionerRoleId}}"},
-        evaluate=lambda _r, _d: Evaluation(), required_prefetch=frozenset({"role"}))
+        evaluate=lambda _r, _d: Evaluation(),
+        required_prefetch=frozenset({"role"}),
+    )
     with pytest.raises(DataUnavailable) as caught:
         resolve(svc, hook_request(), client=client, allowed=[BASE])
     assert caught.value.details == [{"prefetchKey": "role"}]
@@ -240,11 +288,9 @@ def test_unfillable_template_key_is_unavailable(client: FhirClient) -> None:
 # --- properties --------------------------------------------------------------
 
 
-
 @given(value=st.text(min_size=1, max_size=40).filter(lambda v: v not in (".", "..")))
 def test_filled_values_cannot_change_the_query(value: str) -> None:
-    filled = fill_template("Condition?patient={{context.patientId}}&code=a|b",
-                           {"patientId": value})
+    filled = fill_template("Condition?patient={{context.patientId}}&code=a|b", {"patientId": value})
     query = parse_qs(urlsplit(filled).query, keep_blank_values=True)
     assert query["patient"] == [value]
     assert query["code"] == ["a|b"]

@@ -96,9 +96,7 @@ def start(make_app: Any, tmp_path: Path, client_dir: Path, reg: ServiceRegistry)
 
 
 @pytest.fixture
-def service(
-    make_app: Any, tmp_path: Path, client_dir: Path, recorder: Recorder
-) -> Iterator[str]:
+def service(make_app: Any, tmp_path: Path, client_dir: Path, recorder: Recorder) -> Iterator[str]:
     with start(make_app, tmp_path, client_dir, registry(recorder)) as base:
         yield base
 
@@ -150,12 +148,22 @@ def test_patient_view_prints_the_cards(
     assert fhir_urls(fhir) == [f"{FHIR}/Condition?patient=p1"]
 
 
-def test_json_prints_the_raw_response(service: str, fhir: responses.RequestsMock,
-                                      capsys: Any) -> None:
+def test_json_prints_the_raw_response(
+    service: str, fhir: responses.RequestsMock, capsys: Any
+) -> None:
     fhir.get(f"{FHIR}/Condition", json=bundle(condition("c1")))
     code, out, _err = run_command(
-        ["call", "patient-view", "--patient", "p1", "--fhir-server", FHIR, "--service", service,
-         "--json"],
+        [
+            "call",
+            "patient-view",
+            "--patient",
+            "p1",
+            "--fhir-server",
+            FHIR,
+            "--service",
+            service,
+            "--json",
+        ],
         capsys,
     )
     assert code == 0
@@ -169,11 +177,23 @@ def test_a_missing_encounter_is_sent_as_null_and_pages_are_joined(
     fhir.get(f"{FHIR}/Encounter/e9", status=404, json={"resourceType": "OperationOutcome"})
     page2 = f"{FHIR}/Condition?patient=p1&_page=2"
     fhir.get(page2, json=bundle(condition("c3")))
-    fhir.get(f"{FHIR}/Condition?patient=p1", json=bundle(condition("c1"), condition("c2"),
-                                                        next_url=page2))
+    fhir.get(
+        f"{FHIR}/Condition?patient=p1",
+        json=bundle(condition("c1"), condition("c2"), next_url=page2),
+    )
     code, _out, err = run_command(
-        ["call", "encounter-start", "--patient", "p1", "--encounter", "e9", "--fhir-server", FHIR,
-         "--service", service],
+        [
+            "call",
+            "encounter-start",
+            "--patient",
+            "p1",
+            "--encounter",
+            "e9",
+            "--fhir-server",
+            FHIR,
+            "--service",
+            service,
+        ],
         capsys,
     )
     assert code == 0, err
@@ -187,11 +207,23 @@ def test_a_missing_encounter_is_sent_as_null_and_pages_are_joined(
 def test_a_next_page_on_another_server_is_not_followed(
     service: str, fhir: responses.RequestsMock, recorder: Recorder, capsys: Any
 ) -> None:
-    fhir.get(f"{FHIR}/Condition", json=bundle(condition("c1"),
-                                              next_url="http://elsewhere.example/Condition?p=2"))
+    fhir.get(
+        f"{FHIR}/Condition",
+        json=bundle(condition("c1"), next_url="http://elsewhere.example/Condition?p=2"),
+    )
     code, _out, err = run_command(
-        ["call", "patient-view", "--patient", "p1", "--fhir-server", FHIR, "--service", service,
-         "--fhir-token", TOKEN],
+        [
+            "call",
+            "patient-view",
+            "--patient",
+            "p1",
+            "--fhir-server",
+            FHIR,
+            "--service",
+            service,
+            "--fhir-token",
+            TOKEN,
+        ],
         capsys,
     )
     assert code == 0
@@ -226,8 +258,19 @@ def test_no_prefetch_sends_none_and_fetches_nothing(
     service: str, fhir: responses.RequestsMock, recorder: Recorder, capsys: Any
 ) -> None:
     code, _out, _err = run_command(
-        ["call", "order-sign", "--patient", "p1", "--order", "sct:112798008",
-         "--fhir-server", FHIR, "--service", service, "--no-prefetch"],
+        [
+            "call",
+            "order-sign",
+            "--patient",
+            "p1",
+            "--order",
+            "sct:112798008",
+            "--fhir-server",
+            FHIR,
+            "--service",
+            service,
+            "--no-prefetch",
+        ],
         capsys,
     )
     assert code == 0
@@ -244,8 +287,17 @@ def test_data_the_service_cannot_get_is_a_clear_412(
 ) -> None:
     with start(make_app, tmp_path, client_dir, fake_registry()) as base:
         code, out, err = run_command(
-            ["call", "patient-view", "--patient", "p1", "--fhir-server", FHIR, "--service", base,
-             "--no-prefetch"],
+            [
+                "call",
+                "patient-view",
+                "--patient",
+                "p1",
+                "--fhir-server",
+                FHIR,
+                "--service",
+                base,
+                "--no-prefetch",
+            ],
             capsys,
         )
     assert code == EXIT_REFUSED
@@ -258,12 +310,25 @@ def test_an_untrusted_client_is_told_how_to_be_trusted(
 ) -> None:
     stranger = load_or_create(tmp_path / "someone-else").trust_entry()
     trust = write_trust(tmp_path, [stranger])
-    app = make_app(CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(trust),
-                   CDS_REGISTRY=registry(recorder), CDS_REQUIRE_AUTH_DISCOVERY="1")
+    app = make_app(
+        CDS_ALLOW_UNSIGNED="0",
+        CDS_TRUSTED_CLIENTS=str(trust),
+        CDS_REGISTRY=registry(recorder),
+        CDS_REQUIRE_AUTH_DISCOVERY="1",
+    )
     with serving(app) as base:
         code, _out, err = run_command(
-            ["call", "patient-view", "--patient", "p1", "--fhir-server", FHIR, "--service", base,
-             "--no-prefetch"],
+            [
+                "call",
+                "patient-view",
+                "--patient",
+                "p1",
+                "--fhir-server",
+                FHIR,
+                "--service",
+                base,
+                "--no-prefetch",
+            ],
             capsys,
         )
     assert code == EXIT_UNAUTHORIZED
@@ -280,8 +345,16 @@ def free_port() -> int:
 
 def test_an_unreachable_service_exits_3(client_dir: Path, capsys: Any) -> None:
     code, _out, err = run_command(
-        ["call", "patient-view", "--patient", "p1", "--fhir-server", FHIR,
-         "--service", f"http://127.0.0.1:{free_port()}"],
+        [
+            "call",
+            "patient-view",
+            "--patient",
+            "p1",
+            "--fhir-server",
+            FHIR,
+            "--service",
+            f"http://127.0.0.1:{free_port()}",
+        ],
         capsys,
     )
     assert code == EXIT_UNREACHABLE
@@ -293,8 +366,18 @@ def test_a_fhir_server_refusing_the_token_exits_4(
 ) -> None:
     fhir.get(f"{FHIR}/Condition", status=401, json={"resourceType": "OperationOutcome"})
     code, _out, err = run_command(
-        ["call", "patient-view", "--patient", "p1", "--fhir-server", FHIR, "--service", service,
-         "--fhir-token", TOKEN],
+        [
+            "call",
+            "patient-view",
+            "--patient",
+            "p1",
+            "--fhir-server",
+            FHIR,
+            "--service",
+            service,
+            "--fhir-token",
+            TOKEN,
+        ],
         capsys,
     )
     assert code == EXIT_UNAUTHORIZED
@@ -305,8 +388,10 @@ def test_a_fhir_server_refusing_the_token_exits_4(
 def test_an_answer_that_is_not_cds_hooks_is_an_error(client_dir: Path, capsys: Any) -> None:
     base = "http://cds.test.example"
     with responses.RequestsMock() as mock:
-        mock.get(f"{base}/cds-services", json={"services": [
-            {"id": "odd", "hook": "patient-view", "description": "Odd."}]})
+        mock.get(
+            f"{base}/cds-services",
+            json={"services": [{"id": "odd", "hook": "patient-view", "description": "Odd."}]},
+        )
         mock.post(f"{base}/cds-services/odd", json={"cards": [{"summary": "no indicator"}]})
         code, _out, err = run_command(
             ["call", "patient-view", "--patient", "p1", "--fhir-server", FHIR, "--service", base],
@@ -341,9 +426,7 @@ def test_several_services_for_one_hook_need_a_service_id(client_dir: Path, capsy
         (["call", "patient-view", "--patient", "p1", "--service", "ftp://x"], "--service"),
     ],
 )
-def test_usage_errors_exit_2(
-    argv: list[str], message: str, client_dir: Path, capsys: Any
-) -> None:
+def test_usage_errors_exit_2(argv: list[str], message: str, client_dir: Path, capsys: Any) -> None:
     code, _out, err = run_command([*argv, "--fhir-server", FHIR], capsys)
     assert code == EXIT_USAGE
     assert message in err
@@ -385,14 +468,14 @@ def test_each_hook_context_carries_valid_r4_resources(hook: str) -> None:
     assert context["patientId"] == "p1" and context["userId"] == "Practitioner/u1"
     assert context["encounterId"] == "e1"
     bundles = [v for v in context.values() if isinstance(v, dict)]
-    assert len(bundles) == (0 if hook in {"patient-view", "encounter-start",
-                                          "encounter-discharge"} else 1)
+    assert len(bundles) == (
+        0 if hook in {"patient-view", "encounter-start", "encounter-discharge"} else 1
+    )
     for value in bundles:
         parse_resource(value)
         for entry in value["entry"]:
             parse_resource(entry["resource"])
-            assert entry["resource"]["subject" if "subject" in entry["resource"]
-                                     else "participant"]
+            assert entry["resource"]["subject" if "subject" in entry["resource"] else "participant"]
     if hook == "order-select":
         assert context["selections"] == ["ServiceRequest/draft-order-1"]
     if hook == "problem-list-item-create":

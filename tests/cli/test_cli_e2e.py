@@ -93,8 +93,7 @@ def current_encounter(patient_id: str) -> str:
     (encounter,) = [
         e["resource"]["id"]
         for e in PATIENTS[patient_id].entries
-        if e["resource"]["resourceType"] == "Encounter"
-        and e["resource"]["status"] == "in-progress"
+        if e["resource"]["resourceType"] == "Encounter" and e["resource"]["status"] == "in-progress"
     ]
     return str(encounter)
 
@@ -112,8 +111,7 @@ def call_topics(
     stack: Stack, hook: str, args: list[str], capsys: Any, *, prefetch: bool
 ) -> list[str]:
     """The finding of each card (its topic code), as the call command prints them in JSON."""
-    argv = ["call", hook, *args, "--fhir-server", stack.fhir, "--service", stack.service,
-            "--json"]
+    argv = ["call", hook, *args, "--fhir-server", stack.fhir, "--service", stack.service, "--json"]
     if not prefetch:
         argv.append("--no-prefetch")
     code, out, err = run_command(argv, capsys)
@@ -179,16 +177,29 @@ def test_guideline_moments(stack: Stack, prefetch: bool, capsys: Any) -> None:
     suspected = topics("encounter-discharge", "mk-suspected-outpatient")
     assert "contact-tracing" not in suspected and "infectious-period" in suspected
     # 8: recording suspected m-kopper on the control patient's problem list: notify.
-    new_problem = topics("problem-list-item-create", "mk-control", "--condition", MPOX,
-                         "--verification", "provisional")
+    new_problem = topics(
+        "problem-list-item-create",
+        "mk-control",
+        "--condition",
+        MPOX,
+        "--verification",
+        "provisional",
+    )
     assert "notify-municipal-doctor" in new_problem
     # Nothing for the control patient when nothing about m-kopper is recorded or ordered.
     assert topics("order-select", "mk-control", "--order", INTUBATION) == []
 
 
 def test_cards_are_printed_readably(stack: Stack, capsys: Any) -> None:
-    args = ["call", "patient-view", *hook_args("patient-view", "mk-confirmed-inpatient"),
-            "--fhir-server", stack.fhir, "--service", stack.service]
+    args = [
+        "call",
+        "patient-view",
+        *hook_args("patient-view", "mk-confirmed-inpatient"),
+        "--fhir-server",
+        stack.fhir,
+        "--service",
+        stack.service,
+    ]
     code, raw, err = run_command([*args, "--json"], capsys)
     assert code == 0, err
     cards = json.loads(raw)["cards"]

@@ -67,10 +67,16 @@ def test_the_summary_says_what_was_new_changed_or_already_there(
         "meta": {"versionId": "7", "lastUpdated": "2026-01-01T00:00:00Z"},
     }
     stored_encounter = {**patient.entries[1]["resource"], "status": "finished"}
-    batch = {"resourceType": "Bundle", "type": "batch-response", "entry": [
-        answer("200 OK", stored_patient), answer("200", stored_encounter), answer("404")]}
-    done = {"resourceType": "Bundle", "type": "transaction-response",
-            "entry": [answer("200"), answer("200"), answer("201")]}
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch-response",
+        "entry": [answer("200 OK", stored_patient), answer("200", stored_encounter), answer("404")],
+    }
+    done = {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [answer("200"), answer("200"), answer("201")],
+    }
     mock.post(f"{FHIR}/", json=batch)
     mock.post(f"{FHIR}/", json=done)
     with requests.Session() as session:
@@ -88,8 +94,14 @@ def test_without_a_batch_read_the_transaction_statuses_are_used(
     mock: responses.RequestsMock,
 ) -> None:
     mock.post(f"{FHIR}/", status=400, json={"resourceType": "OperationOutcome", "issue": []})
-    mock.post(f"{FHIR}/", json={"resourceType": "Bundle", "type": "transaction-response",
-                                "entry": [answer("201 Created"), answer("200"), answer("200")]})
+    mock.post(
+        f"{FHIR}/",
+        json={
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": [answer("201 Created"), answer("200"), answer("200")],
+        },
+    )
     with requests.Session() as session:
         outcome = Seeder(FHIR, "tok", session).seed(patient_bundle())
     assert outcome.created == ["Patient/p1"]
@@ -98,12 +110,21 @@ def test_without_a_batch_read_the_transaction_statuses_are_used(
 
 
 def test_a_refused_entry_is_named_by_type_and_id_only(mock: responses.RequestsMock) -> None:
-    refusal = {"resourceType": "OperationOutcome", "issue": [{
-        "severity": "error", "code": "value",
-        "expression": ["Bundle.entry[2].resource.subject"],
-        "details": {"text": "Invalid reference"}}]}
-    mock.post(f"{FHIR}/", json={"resourceType": "Bundle", "type": "batch-response",
-                                "entry": [answer("404")] * 3})
+    refusal = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "value",
+                "expression": ["Bundle.entry[2].resource.subject"],
+                "details": {"text": "Invalid reference"},
+            }
+        ],
+    }
+    mock.post(
+        f"{FHIR}/",
+        json={"resourceType": "Bundle", "type": "batch-response", "entry": [answer("404")] * 3},
+    )
     mock.post(f"{FHIR}/", status=400, json=refusal)
     with requests.Session() as session:
         outcome = Seeder(FHIR, None, session).seed(patient_bundle())
@@ -115,14 +136,30 @@ def test_a_refused_entry_is_named_by_type_and_id_only(mock: responses.RequestsMo
 
 
 def test_an_unplaced_refusal_is_traced_with_validate(mock: responses.RequestsMock) -> None:
-    ok = {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "information", "code": "informational"}]}
-    bad = {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "required", "expression": ["Encounter.class"],
-         "details": {"text": "Missing required property"}}]}
+    ok = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "information", "code": "informational"}],
+    }
+    bad = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "required",
+                "expression": ["Encounter.class"],
+                "details": {"text": "Missing required property"},
+            }
+        ],
+    }
     mock.post(f"{FHIR}/", status=500, json={})  # no batch read
-    mock.post(f"{FHIR}/", status=422, json={"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": "processing"}]})
+    mock.post(
+        f"{FHIR}/",
+        status=422,
+        json={
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "processing"}],
+        },
+    )
     mock.post(f"{FHIR}/Patient/$validate", json=ok)
     mock.post(f"{FHIR}/Encounter/$validate", json=bad)
     mock.post(f"{FHIR}/Condition/$validate", json=ok)

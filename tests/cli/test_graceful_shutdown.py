@@ -18,8 +18,12 @@ def test_sigterm_lets_the_call_in_progress_finish(tmp_path: Path) -> None:
         # The large record keeps the worker busy for tens of milliseconds.
         body = json.dumps(hook_body("mk-large-record")).encode()
         conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
-        conn.request("POST", "/cds-services/mkopper-patient-view", body=body,
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/cds-services/mkopper-patient-view",
+            body=body,
+            headers={"Content-Type": "application/json"},
+        )
         time.sleep(0.005)
         service.proc.send_signal(signal.SIGTERM)
         response = conn.getresponse()

@@ -1,6 +1,7 @@
 """The calling EHR must prove itself with a CDS Hooks JWT: one test per attack, each a 401.
 
-The README's attack table names these tests; tests/security/test_attack_table.py keeps the two in step.
+The attack table (docs/security.md) names these tests; tests/security/test_attack_table.py keeps
+the two in step.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def assert_401(response: Any) -> dict[str, Any]:
     return dict(error)
 
 
-def resign(token: str, header: dict[str, Any] | None = None,
-           claims: dict[str, Any] | None = None) -> str:
+def resign(
+    token: str, header: dict[str, Any] | None = None, claims: dict[str, Any] | None = None
+) -> str:
     """Swap the header or claims of a signed token, keeping its old signature."""
     head, payload, signature = token.split(".")
     if header is not None:
@@ -123,25 +125,33 @@ def test_rsa_key_without_alg_member_verifies_rs384(make_app: Any, tmp_path: Path
     jwk = RS384.public_jwk()
     del jwk["alg"]
     path = write_trusted_clients(tmp_path, [{"iss": ISSUER, "jwks": {"keys": [jwk]}}])
-    app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                   CDS_TRUSTED_CLIENTS=str(path))
+    app = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(path)
+    )
     assert call(app.test_client(), RS384.token(SERVICE_URL)).status_code == 200
 
 
 def test_feedback_accepts_a_valid_token(client: FlaskClient) -> None:
-    feedback = {"feedback": [{"card": "c-1", "outcome": "accepted",
-                              "outcomeTimestamp": "2026-01-01T00:00:00Z"}]}
+    feedback = {
+        "feedback": [
+            {"card": "c-1", "outcome": "accepted", "outcomeTimestamp": "2026-01-01T00:00:00Z"}
+        ]
+    }
     response = call(client, ES384.token(FEEDBACK_URL), url=FEEDBACK_URL, json=feedback)
     assert response.status_code == 200
 
 
 def test_es256_accepted_only_when_enabled(make_app: Any, clients_file: Path) -> None:
-    default = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                       CDS_TRUSTED_CLIENTS=str(clients_file))
+    default = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(clients_file)
+    )
     assert_401(call(default.test_client(), ES256.token(SERVICE_URL)))
-    enabled = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                       CDS_TRUSTED_CLIENTS=str(clients_file),
-                       CDS_JWT_ALGORITHMS="ES384,RS384,ES256")
+    enabled = make_app(
+        CDS_REGISTRY=fake_registry(),
+        CDS_ALLOW_UNSIGNED="0",
+        CDS_TRUSTED_CLIENTS=str(clients_file),
+        CDS_JWT_ALGORITHMS="ES384,RS384,ES256",
+    )
     assert call(enabled.test_client(), ES256.token(SERVICE_URL)).status_code == 200
 
 
@@ -163,8 +173,7 @@ def test_attack_malformed_token(client: FlaskClient, token: str) -> None:
 
 
 def test_attack_alg_none(client: FlaskClient) -> None:
-    claims = {"iss": ISSUER, "aud": SERVICE_URL, "exp": now() + 300, "iat": now(),
-              "jti": "none-1"}
+    claims = {"iss": ISSUER, "aud": SERVICE_URL, "exp": now() + 300, "iat": now(), "jti": "none-1"}
     token = unsigned_token(claims, {"alg": "none", "typ": "JWT", "kid": ES384.kid})
     assert_401(call(client, token))
 
@@ -172,10 +181,10 @@ def test_attack_alg_none(client: FlaskClient) -> None:
 def test_attack_hs256_signed_with_the_public_key(client: FlaskClient) -> None:
     # The classic key-confusion attack: the verifier's public key used as an HMAC secret.
     public_pem = ES384.private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     header = {"alg": "HS256", "typ": "JWT", "kid": ES384.kid}
-    claims = {"iss": ISSUER, "aud": SERVICE_URL, "exp": now() + 300, "iat": now(),
-              "jti": "hs-1"}
+    claims = {"iss": ISSUER, "aud": SERVICE_URL, "exp": now() + 300, "iat": now(), "jti": "hs-1"}
     signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
     mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
     assert_401(call(client, f"{signing_input}.{b64url(mac)}"))
@@ -190,8 +199,13 @@ def test_attack_tampered_signature(client: FlaskClient) -> None:
 
 def test_attack_tampered_claims(client: FlaskClient) -> None:
     token = ES384.token("https://elsewhere.example/cds-services/test-view")
-    claims = {"iss": ISSUER, "aud": SERVICE_URL, "exp": now() + 300, "iat": now(),
-              "jti": "tampered-1"}
+    claims = {
+        "iss": ISSUER,
+        "aud": SERVICE_URL,
+        "exp": now() + 300,
+        "iat": now(),
+        "jti": "tampered-1",
+    }
     assert_401(call(client, resign(token, claims=claims)))
 
 
@@ -241,8 +255,11 @@ def test_attack_replayed_jti(client: FlaskClient) -> None:
 
 def test_attack_replayed_jti_across_two_instances(make_app: Any, clients_file: Path) -> None:
     # make_app puts both apps on one SQLite file, as two workers or hosts share one database.
-    config = {"CDS_REGISTRY": fake_registry(), "CDS_ALLOW_UNSIGNED": "0",
-              "CDS_TRUSTED_CLIENTS": str(clients_file)}
+    config = {
+        "CDS_REGISTRY": fake_registry(),
+        "CDS_ALLOW_UNSIGNED": "0",
+        "CDS_TRUSTED_CLIENTS": str(clients_file),
+    }
     first = make_app(**config)
     config["CDS_REGISTRY"] = fake_registry()
     second = make_app(**config)
@@ -254,12 +271,16 @@ def test_attack_replayed_jti_across_two_instances(make_app: Any, clients_file: P
 
 def test_same_jti_from_another_issuer_is_not_a_replay(make_app: Any, tmp_path: Path) -> None:
     other = "https://second-ehr.test.example"
-    path = write_trusted_clients(tmp_path, [
-        {"iss": ISSUER, "jwks": ES384.jwks()},
-        {"iss": other, "jwks": RS384.jwks()},
-    ])
-    app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                   CDS_TRUSTED_CLIENTS=str(path))
+    path = write_trusted_clients(
+        tmp_path,
+        [
+            {"iss": ISSUER, "jwks": ES384.jwks()},
+            {"iss": other, "jwks": RS384.jwks()},
+        ],
+    )
+    app = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(path)
+    )
     client = app.test_client()
     assert call(client, ES384.token(SERVICE_URL, jti="shared")).status_code == 200
     assert call(client, RS384.token(SERVICE_URL, iss=other, jti="shared")).status_code == 200
@@ -290,15 +311,19 @@ def test_attack_rs384_kid_with_es384_alg(client: FlaskClient) -> None:
 
 
 def test_feedback_requires_a_token(client: FlaskClient) -> None:
-    feedback = {"feedback": [{"card": "c-1", "outcome": "accepted",
-                              "outcomeTimestamp": "2026-01-01T00:00:00Z"}]}
+    feedback = {
+        "feedback": [
+            {"card": "c-1", "outcome": "accepted", "outcomeTimestamp": "2026-01-01T00:00:00Z"}
+        ]
+    }
     assert_401(call(client, None, url=FEEDBACK_URL, json=feedback))
     # a token for the service URL is not one for its feedback URL
     assert_401(call(client, ES384.token(SERVICE_URL), url=FEEDBACK_URL, json=feedback))
 
 
-def test_failure_log_says_why_without_the_token(client: FlaskClient,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_failure_log_says_why_without_the_token(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
     token = ES384.token(SERVICE_URL, iat=now() - 600, exp=now() - 120)
     with caplog.at_level(logging.DEBUG):
         assert_401(call(client, token))
@@ -313,9 +338,11 @@ def test_failure_log_says_why_without_the_token(client: FlaskClient,
 
 def test_tenant_must_match_when_configured(make_app: Any, tmp_path: Path) -> None:
     path = write_trusted_clients(
-        tmp_path, [{"iss": ISSUER, "tenant": "helse-bergen", "jwks": ES384.jwks()}])
-    app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                   CDS_TRUSTED_CLIENTS=str(path))
+        tmp_path, [{"iss": ISSUER, "tenant": "helse-bergen", "jwks": ES384.jwks()}]
+    )
+    app = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(path)
+    )
     client = app.test_client()
     assert_401(call(client, ES384.token(SERVICE_URL, tenant="another-org")))
     assert_401(call(client, ES384.token(SERVICE_URL)))
@@ -323,9 +350,12 @@ def test_tenant_must_match_when_configured(make_app: Any, tmp_path: Path) -> Non
 
 
 def test_aud_uses_public_url_behind_a_proxy(make_app: Any, clients_file: Path) -> None:
-    app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                   CDS_TRUSTED_CLIENTS=str(clients_file),
-                   CDS_PUBLIC_URL="https://cds.example.org/")
+    app = make_app(
+        CDS_REGISTRY=fake_registry(),
+        CDS_ALLOW_UNSIGNED="0",
+        CDS_TRUSTED_CLIENTS=str(clients_file),
+        CDS_PUBLIC_URL="https://cds.example.org/",
+    )
     client = app.test_client()
     public = "https://cds.example.org/cds-services/test-view"
     assert_401(call(client, ES384.token(SERVICE_URL)))
@@ -333,11 +363,16 @@ def test_aud_uses_public_url_behind_a_proxy(make_app: Any, clients_file: Path) -
 
 
 def test_discovery_needs_a_token_only_when_configured(make_app: Any, clients_file: Path) -> None:
-    open_app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                        CDS_TRUSTED_CLIENTS=str(clients_file))
+    open_app = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(clients_file)
+    )
     assert open_app.test_client().get("/cds-services").status_code == 200
-    closed = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                      CDS_TRUSTED_CLIENTS=str(clients_file), CDS_REQUIRE_AUTH_DISCOVERY="1")
+    closed = make_app(
+        CDS_REGISTRY=fake_registry(),
+        CDS_ALLOW_UNSIGNED="0",
+        CDS_TRUSTED_CLIENTS=str(clients_file),
+        CDS_REQUIRE_AUTH_DISCOVERY="1",
+    )
     closed_client = closed.test_client()
     assert_401(closed_client.get("/cds-services"))
     token = ES384.token(DISCOVERY_URL)
@@ -350,27 +385,34 @@ def test_discovery_needs_a_token_only_when_configured(make_app: Any, clients_fil
 
 @pytest.fixture
 def dev_client(make_app: Any, clients_file: Path) -> FlaskClient:
-    app: Flask = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="1",
-                          CDS_TRUSTED_CLIENTS=str(clients_file))
+    app: Flask = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="1", CDS_TRUSTED_CLIENTS=str(clients_file)
+    )
     return app.test_client()
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1"])
-def test_unsigned_accepted_from_loopback_in_development(dev_client: FlaskClient,
-                                                        address: str) -> None:
+def test_unsigned_accepted_from_loopback_in_development(
+    dev_client: FlaskClient, address: str
+) -> None:
     response = call(dev_client, None, environ_overrides={"REMOTE_ADDR": address})
     assert response.status_code == 200
 
 
 @pytest.mark.parametrize("address", ["10.0.0.5", "192.168.1.2", "::ffff:10.0.0.1", "bogus"])
-def test_unsigned_refused_from_elsewhere_in_development(dev_client: FlaskClient,
-                                                        address: str) -> None:
+def test_unsigned_refused_from_elsewhere_in_development(
+    dev_client: FlaskClient, address: str
+) -> None:
     assert_401(call(dev_client, None, environ_overrides={"REMOTE_ADDR": address}))
 
 
 def test_unsigned_refused_through_a_local_proxy(dev_client: FlaskClient) -> None:
-    response = call(dev_client, None, headers={"X-Forwarded-For": "203.0.113.9"},
-                    environ_overrides={"REMOTE_ADDR": "127.0.0.1"})
+    response = call(
+        dev_client,
+        None,
+        headers={"X-Forwarded-For": "203.0.113.9"},
+        environ_overrides={"REMOTE_ADDR": "127.0.0.1"},
+    )
     assert_401(response)
 
 
@@ -383,12 +425,15 @@ def test_unsigned_refused_by_default(make_app: Any) -> None:
     assert_401(call(app.test_client(), None))
 
 
-def test_development_profile_warns_loudly_at_start(make_app: Any,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_development_profile_warns_loudly_at_start(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="plugin.security.auth"):
         make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="1")
-    assert any("CDS_ALLOW_UNSIGNED=1" in r.getMessage() and r.levelno == logging.WARNING
-               for r in caplog.records)
+    assert any(
+        "CDS_ALLOW_UNSIGNED=1" in r.getMessage() and r.levelno == logging.WARNING
+        for r in caplog.records
+    )
 
 
 # --- refusing unsafe configuration at start --------------------------------------------------
@@ -427,8 +472,9 @@ def test_jwks_file_is_read_relative_to_the_clients_file(make_app: Any, tmp_path:
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "ehr.json").write_text(json.dumps(RS384.jwks()), encoding="utf-8")
     path = write_trusted_clients(tmp_path, [{"iss": ISSUER, "jwks_file": "keys/ehr.json"}])
-    app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                   CDS_TRUSTED_CLIENTS=str(path))
+    app = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(path)
+    )
     assert call(app.test_client(), RS384.token(SERVICE_URL)).status_code == 200
 
 
@@ -437,24 +483,36 @@ def test_attack_rsa_key_under_2048_bits(make_app: Any, tmp_path: Path) -> None:
 
     from tests.support.jwt_keys import SigningKey
 
-    weak = SigningKey(kid="weak", alg="RS384",
-                      private_key=rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    weak = SigningKey(
+        kid="weak",
+        alg="RS384",
+        private_key=rsa.generate_private_key(public_exponent=65537, key_size=1024),
+    )
     path = write_trusted_clients(tmp_path, [{"iss": ISSUER, "jwks": weak.jwks()}])
-    app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                   CDS_TRUSTED_CLIENTS=str(path))
+    app = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(path)
+    )
     with pytest.warns(jwt.InsecureKeyLengthWarning):
         token = weak.token(SERVICE_URL)  # PyJWT warns when signing; the service refuses
     assert_401(call(app.test_client(), token))
 
 
 def test_missing_public_url_is_warned_about_when_clients_are_trusted(
-        make_app: Any, clients_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_app: Any, clients_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="plugin.security.auth"):
-        make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                 CDS_TRUSTED_CLIENTS=str(clients_file))
+        make_app(
+            CDS_REGISTRY=fake_registry(),
+            CDS_ALLOW_UNSIGNED="0",
+            CDS_TRUSTED_CLIENTS=str(clients_file),
+        )
     assert any("CDS_PUBLIC_URL" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="plugin.security.auth"):
-        make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                 CDS_TRUSTED_CLIENTS=str(clients_file), CDS_PUBLIC_URL="https://cds.example.org")
+        make_app(
+            CDS_REGISTRY=fake_registry(),
+            CDS_ALLOW_UNSIGNED="0",
+            CDS_TRUSTED_CLIENTS=str(clients_file),
+            CDS_PUBLIC_URL="https://cds.example.org",
+        )
     assert not any("CDS_PUBLIC_URL" in r.getMessage() for r in caplog.records)

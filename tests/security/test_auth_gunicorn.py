@@ -61,9 +61,13 @@ def services(data_dir: Path, clients_file: Path) -> Iterator[list[ServiceProcess
     second.stop()
 
 
-def post(service: ServiceProcess, raw: bytes, headers: dict[str, str],
-         chunked: bool = False, send_at_most: int | None = None,
-         ) -> tuple[int, dict[str, str], bytes]:
+def post(
+    service: ServiceProcess,
+    raw: bytes,
+    headers: dict[str, str],
+    chunked: bool = False,
+    send_at_most: int | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     """POST ``raw``; ``send_at_most`` stops sending early (the answer needs only the headers)."""
     conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
     try:
@@ -81,7 +85,7 @@ def post(service: ServiceProcess, raw: bytes, headers: dict[str, str],
         payload = raw if send_at_most is None else raw[:send_at_most]
         try:
             for start in range(0, len(payload), step):
-                piece = payload[start:start + step]
+                piece = payload[start : start + step]
                 conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" if chunked else piece)
             if chunked:
                 conn.send(b"0\r\n\r\n")
@@ -115,7 +119,8 @@ def test_missing_token_is_401_with_headers(services: list[ServiceProcess]) -> No
 
 
 def test_replay_is_refused_by_every_worker_of_both_processes(
-        services: list[ServiceProcess]) -> None:
+    services: list[ServiceProcess],
+) -> None:
     first, second = services
     raw = json.dumps(body()).encode()
     # The same audience for both: the second process is reached under the first's
@@ -128,8 +133,7 @@ def test_replay_is_refused_by_every_worker_of_both_processes(
         assert status == 401
 
 
-def test_chunked_body_over_the_limit_is_413_under_gunicorn(
-        services: list[ServiceProcess]) -> None:
+def test_chunked_body_over_the_limit_is_413_under_gunicorn(services: list[ServiceProcess]) -> None:
     service = services[0]
     raw = json.dumps(body()).encode()
     over = raw + b" " * (5 * 1024 * 1024 + 1 - len(raw))
@@ -140,8 +144,7 @@ def test_chunked_body_over_the_limit_is_413_under_gunicorn(
     assert status == 200, text[:300]
 
 
-def test_declared_body_over_the_limit_is_413_under_gunicorn(
-        services: list[ServiceProcess]) -> None:
+def test_declared_body_over_the_limit_is_413_under_gunicorn(services: list[ServiceProcess]) -> None:
     service = services[0]
     raw = json.dumps(body()).encode()
     over = raw + b" " * (5 * 1024 * 1024 + 1 - len(raw))

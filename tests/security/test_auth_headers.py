@@ -20,8 +20,11 @@ REQUEST = {
 
 @pytest.fixture
 def app(make_app: Any) -> Flask:
-    application: Flask = make_app(CDS_REGISTRY=fake_registry(), CDS_MAX_BODY_BYTES="2048",
-                                  CDS_CORS_ORIGINS="https://sandbox.cds-hooks.org")
+    application: Flask = make_app(
+        CDS_REGISTRY=fake_registry(),
+        CDS_MAX_BODY_BYTES="2048",
+        CDS_CORS_ORIGINS="https://sandbox.cds-hooks.org",
+    )
     return application
 
 
@@ -34,22 +37,39 @@ def assert_api_headers(response: Response) -> None:
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
 
 
-@pytest.mark.parametrize(("method", "path", "kwargs", "status"), [
-    ("get", "/cds-services", {}, 200),
-    ("post", "/cds-services/test-view", {"json": REQUEST}, 200),
-    ("get", "/healthz", {}, 200),
-    ("post", "/cds-services/no-such-service", {"json": REQUEST}, 404),
-    ("get", "/cds-services/test-view", {}, 405),
-    ("post", "/cds-services/test-view", {"data": b"x", "content_type": "text/plain"}, 415),
-    ("post", "/cds-services/test-view", {"data": b"{", "content_type": "application/json"}, 400),
-    ("post", "/cds-services/test-view",
-     {"data": b"[" * 4096, "content_type": "application/json"}, 413),
-    ("post", "/cds-services/test-view",
-     {"json": REQUEST, "environ_overrides": {"REMOTE_ADDR": "10.1.2.3"}}, 401),
-    ("get", "/nothing-here", {}, 404),
-])
-def test_every_response_carries_the_security_headers(app: Flask, method: str, path: str,
-                                                     kwargs: dict[str, Any], status: int) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("get", "/cds-services", {}, 200),
+        ("post", "/cds-services/test-view", {"json": REQUEST}, 200),
+        ("get", "/healthz", {}, 200),
+        ("post", "/cds-services/no-such-service", {"json": REQUEST}, 404),
+        ("get", "/cds-services/test-view", {}, 405),
+        ("post", "/cds-services/test-view", {"data": b"x", "content_type": "text/plain"}, 415),
+        (
+            "post",
+            "/cds-services/test-view",
+            {"data": b"{", "content_type": "application/json"},
+            400,
+        ),
+        (
+            "post",
+            "/cds-services/test-view",
+            {"data": b"[" * 4096, "content_type": "application/json"},
+            413,
+        ),
+        (
+            "post",
+            "/cds-services/test-view",
+            {"json": REQUEST, "environ_overrides": {"REMOTE_ADDR": "10.1.2.3"}},
+            401,
+        ),
+        ("get", "/nothing-here", {}, 404),
+    ],
+)
+def test_every_response_carries_the_security_headers(
+    app: Flask, method: str, path: str, kwargs: dict[str, Any], status: int
+) -> None:
     response = getattr(app.test_client(), method)(path, **kwargs)
     assert response.status_code == status
     assert_api_headers(response)
@@ -59,8 +79,11 @@ def test_every_response_carries_the_security_headers(app: Flask, method: str, pa
 def test_cors_preflight_carries_the_security_headers(app: Flask) -> None:
     response = app.test_client().options(
         "/cds-services/test-view",
-        headers={"Origin": "https://sandbox.cds-hooks.org",
-                 "Access-Control-Request-Method": "POST"})
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+        },
+    )
     assert response.status_code < 300
     assert_api_headers(response)
 

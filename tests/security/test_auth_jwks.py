@@ -37,20 +37,21 @@ def body() -> dict[str, Any]:
 @pytest.fixture
 def client(make_app: Any, tmp_path: Path) -> FlaskClient:
     path = write_trusted_clients(tmp_path, [{"iss": ISSUER, "jku": JKU}])
-    app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0",
-                   CDS_TRUSTED_CLIENTS=str(path))
+    app = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_ALLOW_UNSIGNED="0", CDS_TRUSTED_CLIENTS=str(path)
+    )
     return app.test_client()
 
 
 def call(client: FlaskClient, token: str) -> int:
-    response = client.post(SERVICE_URL, json=body(),
-                           headers={"Authorization": f"Bearer {token}"})
+    response = client.post(SERVICE_URL, json=body(), headers={"Authorization": f"Bearer {token}"})
     return response.status_code
 
 
 @responses.activate
 def test_token_naming_the_configured_jku_is_verified_with_the_fetched_set(
-        client: FlaskClient) -> None:
+    client: FlaskClient,
+) -> None:
     responses.get(JKU, json=OLD.jwks())
     assert call(client, OLD.token(SERVICE_URL, headers={"jku": JKU})) == 200
     assert call(client, OLD.token(SERVICE_URL)) == 200  # no jku header: configured one used
@@ -93,8 +94,9 @@ class FakeClock:
         return self.now
 
 
-def make_cache(sets: list[dict[str, Any]], ttl: float = 3600) -> tuple[KeySetCache, list[str],
-                                                                        FakeClock]:
+def make_cache(
+    sets: list[dict[str, Any]], ttl: float = 3600
+) -> tuple[KeySetCache, list[str], FakeClock]:
     fetched: list[str] = []
     clock = FakeClock()
 
@@ -154,10 +156,17 @@ def test_failed_refresh_keeps_the_last_good_set() -> None:
     assert len(calls) == 2
 
 
-@pytest.mark.parametrize("data", [
-    None, [], {"keys": {}}, {"keys": [1]}, {"keys": [{"kty": "EC"}]},
-    {"keys": [{"kid": "a", "kty": "oct", "k": "c2VjcmV0"}]},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        [],
+        {"keys": {}},
+        {"keys": [1]},
+        {"keys": [{"kty": "EC"}]},
+        {"keys": [{"kid": "a", "kty": "oct", "k": "c2VjcmV0"}]},
+    ],
+)
 def test_unusable_key_sets_are_refused(data: Any) -> None:
     with pytest.raises(KeySetError):
         keys_by_kid(data, "test")

@@ -86,9 +86,7 @@ def problem(response: Any) -> str | None:
 
 def test_launch_sends_pkce_s256_state_aud_and_scopes(smart_app: Flask, ehr: SmartEhr) -> None:
     client = smart_app.test_client()
-    response = client.get(
-        "/smart/launch", query_string={"iss": ehr.fhir_base, "launch": "abc"}
-    )
+    response = client.get("/smart/launch", query_string={"iss": ehr.fhir_base, "launch": "abc"})
     assert response.status_code == 302
     target = urlsplit(response.headers["Location"])
     assert f"{target.scheme}://{target.netloc}{target.path}" == f"{ehr.base_url}/authorize"
@@ -529,8 +527,9 @@ def test_nothing_applies_page(
 ) -> None:
     """The real guideline: a patient without m-kopper gets the plain 'nothing applies' line."""
     bundle = json.loads(
-        (fhirserver.SERVER_DIR.parents[1] / "fhir_profiles" / "patients" / "mk-control.json")
-        .read_text()
+        (
+            fhirserver.SERVER_DIR.parents[1] / "fhir_profiles" / "patients" / "mk-control.json"
+        ).read_text()
     )
     status, _ = fhir_store.request("POST", "/", bundle)
     assert status == 200

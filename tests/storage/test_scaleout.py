@@ -81,8 +81,11 @@ def hook_body(patient: str = PATIENT) -> dict[str, Any]:
     return {
         "hook": "patient-view",
         "hookInstance": "5f7c1d0e-6a0b-4b8e-9a51-2f3c4d5e6f70",
-        "context": {"userId": "Practitioner/1", "patientId": patient,
-                    "encounterId": encounter["id"]},
+        "context": {
+            "userId": "Practitioner/1",
+            "patientId": patient,
+            "encounterId": encounter["id"],
+        },
         "prefetch": {
             "conditions": searchset("Condition"),
             "observations": searchset("Observation"),
@@ -143,8 +146,9 @@ def test_an_override_through_one_instance_holds_in_the_other(pair: Pair) -> None
     # The card comes back unchanged until it is overridden; then neither instance shows it.
     assert first["summary"] in [c["summary"] for c in call(pair, pair.b)]
     for reason in suppressing:
-        send_feedback(pair, pair.a, first["uuid"], outcome="overridden",
-                      overrideReason={"reason": reason})
+        send_feedback(
+            pair, pair.a, first["uuid"], outcome="overridden", overrideReason={"reason": reason}
+        )
         summaries_b = [c["summary"] for c in call(pair, pair.b)]
         if first["summary"] not in summaries_b:
             summaries_a = [c["summary"] for c in call(pair, pair.a)]

@@ -27,15 +27,19 @@ CLIENTS = 8
 KILLS = 3
 
 
-def post_until(stop: threading.Event, base: str, name: str, answered: list[str],
-               failed: list[str]) -> None:
+def post_until(
+    stop: threading.Event, base: str, name: str, answered: list[str], failed: list[str]
+) -> None:
     url = f"{base}/cds-services/mkopper-patient-view/feedback"
     count = 0
     while not stop.is_set():
         card = f"{name}-{count}"
         count += 1
-        body = {"feedback": [{"card": card, "outcome": "accepted",
-                              "outcomeTimestamp": "2026-11-25T10:15:00Z"}]}
+        body = {
+            "feedback": [
+                {"card": card, "outcome": "accepted", "outcomeTimestamp": "2026-11-25T10:15:00Z"}
+            ]
+        }
         try:
             status, _ = http("POST", url, body, timeout=10)
         except (OSError, HTTPException):
@@ -50,8 +54,9 @@ def kill_workers_under_load(service: ServiceProcess) -> tuple[list[str], list[st
     answered: list[list[str]] = [[] for _ in range(CLIENTS)]
     failed: list[list[str]] = [[] for _ in range(CLIENTS)]
     threads = [
-        threading.Thread(target=post_until,
-                         args=(stop, service.base, f"c{i}", answered[i], failed[i]))
+        threading.Thread(
+            target=post_until, args=(stop, service.base, f"c{i}", answered[i], failed[i])
+        )
         for i in range(CLIENTS)
     ]
     for thread in threads:
@@ -118,8 +123,9 @@ def postgres_schema() -> Iterator[str]:
 
 @pytest.mark.postgres
 def test_postgresql(tmp_path: Path, postgres_schema: str) -> None:
-    service = ServiceProcess(tmp_path, workers=2, CDS_ALLOW_UNSIGNED="1",
-                             CDS_DATABASE_URL=postgres_schema)
+    service = ServiceProcess(
+        tmp_path, workers=2, CDS_ALLOW_UNSIGNED="1", CDS_DATABASE_URL=postgres_schema
+    )
     try:
         check_nothing_answered_is_lost(service, postgres_schema)
     finally:

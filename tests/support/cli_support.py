@@ -37,9 +37,7 @@ def serving(app: Flask) -> Iterator[str]:
         server.server_close()
 
 
-def run_command(
-    argv: Sequence[str], capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str, str]:
+def run_command(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """``mkopper-cds ARGV`` in this process: exit code, stdout, stderr."""
     code = main(list(argv))
     captured = capsys.readouterr()

@@ -25,14 +25,16 @@ def _echo(request: HookRequest, data: PrefetchData) -> Evaluation:
 
 
 def fake_registry() -> ServiceRegistry:
-    return ServiceRegistry([
-        CdsService(
-            id="test-view",
-            hook="patient-view",
-            title="Test",
-            description="Counts conditions.",
-            prefetch={"conditions": "Condition?patient={{context.patientId}}"},
-            evaluate=_echo,
-            required_prefetch=frozenset({"conditions"}),
-        )
-    ])
+    return ServiceRegistry(
+        [
+            CdsService(
+                id="test-view",
+                hook="patient-view",
+                title="Test",
+                description="Counts conditions.",
+                prefetch={"conditions": "Condition?patient={{context.patientId}}"},
+                evaluate=_echo,
+                required_prefetch=frozenset({"conditions"}),
+            )
+        ]
+    )

@@ -20,8 +20,11 @@ FAULTS = ("401", "403", "404", "500", "badjson", "html", "slow", "trickle", "slo
 
 
 def searchset(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset",
-                            "entry": [{"resource": r} for r in resources]}
+    body: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in resources],
+    }
     if next_url:
         body["link"] = [{"relation": "next", "url": next_url}]
     return body
@@ -84,12 +87,27 @@ class FaultHandler(BaseHTTPRequestHandler):
                 pass
             self.close_connection = True
         elif mode == "big":
-            self._json(200, searchset([{"resourceType": "Condition", "id": f"c{i}",
-                                        "subject": {"reference": "Patient/p"}}
-                                       for i in range(5000)]))
+            self._json(
+                200,
+                searchset(
+                    [
+                        {
+                            "resourceType": "Condition",
+                            "id": f"c{i}",
+                            "subject": {"reference": "Patient/p"},
+                        }
+                        for i in range(5000)
+                    ]
+                ),
+            )
         elif mode == "nextother":
-            self._json(200, searchset([{"resourceType": "Condition", "id": "first"}],
-                                      f"{self.other_host}/nextother/Condition?page=2"))
+            self._json(
+                200,
+                searchset(
+                    [{"resourceType": "Condition", "id": "first"}],
+                    f"{self.other_host}/nextother/Condition?page=2",
+                ),
+            )
         elif mode == "delay":
             STOP.wait(0.3)
             self._json(200, searchset([{"resourceType": "Condition", "id": "late"}]))
@@ -143,13 +161,17 @@ PEERS: set[tuple[str, int]] = set()
 @pytest.fixture
 def fault_server(recorder: AcceptRecorder) -> Iterator[str]:
     PEERS.clear()
-    handler = type("Handler", (FaultHandler,),
-                   {"other_host": f"http://127.0.0.1:{recorder.port}", "peers": PEERS})
+    handler = type(
+        "Handler",
+        (FaultHandler,),
+        {"other_host": f"http://127.0.0.1:{recorder.port}", "peers": PEERS},
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     server.block_on_close = False
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     STOP.clear()
     thread.start()
     try:
@@ -159,5 +181,3 @@ def fault_server(recorder: AcceptRecorder) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=2)
-
-

@@ -51,8 +51,9 @@ START_TIMEOUT_S = 60.0
 class FhirTestServer:
     """A running ``server.mjs`` process and a few helpers to load data into it."""
 
-    def __init__(self, *, token: str = "", profiles_dir: Path | None = None,
-                 validate_on_write: bool = True) -> None:
+    def __init__(
+        self, *, token: str = "", profiles_dir: Path | None = None, validate_on_write: bool = True
+    ) -> None:
         self.token = token
         self.profiles_dir = profiles_dir
         self.validate_on_write = validate_on_write
@@ -98,8 +99,9 @@ class FhirTestServer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.stop()
-                raise RuntimeError("FHIR test server did not start in time:\n"
-                                   + "".join(self._output))
+                raise RuntimeError(
+                    "FHIR test server did not start in time:\n" + "".join(self._output)
+                )
             try:
                 line = lines.get(timeout=remaining)
             except queue.Empty:
@@ -155,14 +157,16 @@ class FhirTestServer:
         for resource in resources:
             kind, rid = resource["resourceType"], resource.get("id")
             if rid:
-                entries.append({"resource": resource,
-                                "request": {"method": "PUT", "url": f"{kind}/{rid}"}})
+                entries.append(
+                    {"resource": resource, "request": {"method": "PUT", "url": f"{kind}/{rid}"}}
+                )
             else:
                 entries.append({"resource": resource, "request": {"method": "POST", "url": kind}})
         if not entries:
             return
         status, body = self.request(
-            "POST", "/", {"resourceType": "Bundle", "type": "transaction", "entry": entries})
+            "POST", "/", {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        )
         if status != 200:
             raise AssertionError(f"loading resources failed ({status}): {json.dumps(body)[:2000]}")
 

@@ -49,8 +49,11 @@ def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def collection(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": "collection",
-            "entry": [{"resource": r} for r in resources]}
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in resources],
+    }
 
 
 def hook_request(service: CdsService, patient_id: str) -> dict[str, Any]:
@@ -69,8 +72,9 @@ def hook_request(service: CdsService, patient_id: str) -> dict[str, Any]:
             context.setdefault(key, f"{patient_id}-enc")
         elif key == "draftOrders":
             context[key] = collection(of_type("ServiceRequest"))
-            context["selections"] = [f"ServiceRequest/{r['id']}"
-                                     for r in of_type("ServiceRequest")][:1]
+            context["selections"] = [
+                f"ServiceRequest/{r['id']}" for r in of_type("ServiceRequest")
+            ][:1]
         elif key == "appointments":
             context[key] = collection([])
         elif key == "conditions":

@@ -151,9 +151,7 @@ class SmartEhr:
     def register_client(self, client_id: str, redirect_uri: str) -> None:
         self.clients[client_id] = Client(client_id, [redirect_uri])
 
-    def new_launch(
-        self, patient: str, encounter: str | None = None, *, deny: bool = False
-    ) -> str:
+    def new_launch(self, patient: str, encounter: str | None = None, *, deny: bool = False) -> str:
         launch_id = secrets.token_urlsafe(16)
         self.launches[launch_id] = Launch(patient, encounter, deny)
         return launch_id
@@ -297,24 +295,22 @@ class SmartEhr:
             "resourceType": "OperationOutcome",
             "issue": [{"severity": "error", "code": code, "details": {"text": text}}],
         }
-        return Response(
-            _dumps(body), status=status, content_type="application/fhir+json"
-        )
+        return Response(_dumps(body), status=status, content_type="application/fhir+json")
 
     def _gateway(self, path: str) -> Response:
         self.fhir_requests.append(path)
         if self.fhir_down:
             return self._outcome(503, "transient", "FHIR server unavailable")
         header = request.headers.get("Authorization", "")
-        issued = self.tokens.get(header.removeprefix("Bearer ")) if header.startswith(
-            "Bearer "
-        ) else None
+        issued = (
+            self.tokens.get(header.removeprefix("Bearer "))
+            if header.startswith("Bearer ")
+            else None
+        )
         if issued is None or issued.expires_at <= time.time():
             return self._outcome(401, "login", "missing, unknown or expired token")
         resource_type = path.split("/", 1)[0]
-        readable = {
-            s.removeprefix("patient/").removesuffix(".read") for s in issued.scope.split()
-        }
+        readable = {s.removeprefix("patient/").removesuffix(".read") for s in issued.scope.split()}
         if resource_type not in readable and "*" not in readable:
             return self._outcome(403, "forbidden", f"scope does not cover {resource_type}")
         if "/" not in path:
