@@ -131,3 +131,9 @@ class ContentError(CdsError):
 
     code = "content-invalid"
     default_message = "The guideline content is not valid."
+
+
+class StorageError(CdsError):
+    status = 503
+    code = "storage-unavailable"
+    default_message = "The service's database is not available."

@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, wait
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -116,14 +117,13 @@ def resolve(
     *,
     client: FhirClient | None = None,
     budget_ms: int = DEFAULT_BUDGET_MS,
-    allowed: Allowlist | Iterable[str] | str | None = None,
+    allowed: Allowlist | None = None,
 ) -> PrefetchData:
     """Resolve the service's prefetch keys from the request, fetching the absent ones.
 
-    Without ``client`` nothing is fetched. ``allowed`` is the FHIR server allowlist: an
-    ``Allowlist``, base URLs, or the comma-separated setting (``None`` or empty: no server
-    is allowed). Raises ``DataUnavailable`` (412) when a
-    key in ``service.required_prefetch`` cannot be had.
+    Without ``client`` nothing is fetched. ``allowed`` is the FHIR server allowlist, parsed
+    once where the settings are read (``None`` or empty: no server is allowed). Raises
+    ``DataUnavailable`` (412) when a key in ``service.required_prefetch`` cannot be had.
     """
     supplied = request.prefetch or {}
     resources: dict[str, list[dict[str, Any]]] = {}
@@ -157,19 +157,13 @@ def _fetch(
     keys: list[str],
     client: FhirClient | None,
     budget_ms: int,
-    allowed: Allowlist | Iterable[str] | str | None,
+    allowed: Allowlist | None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Fetch ``keys`` in parallel within the budget; keys that fail are left out."""
     base = request.fhir_server_base
     if client is None or base is None:
         return {}
-    if isinstance(allowed, Allowlist):
-        allowlist = allowed
-    elif isinstance(allowed, str):
-        allowlist = Allowlist.from_setting(allowed)
-    else:
-        allowlist = Allowlist(allowed or ())
-    if not allowlist.allows(base):
+    if allowed is None or not allowed.allows(base):
         # No connection at all: the token must not reach a server nobody vouched for.
         logger.warning(
             "fhirServer is not on CDS_ALLOWED_FHIR_SERVERS; %d prefetch keys not fetched", len(keys)
@@ -213,3 +207,19 @@ def _fetch(
             else:
                 fetched[key] = result.resources
     return fetched
+
+
+@dataclass(frozen=True, slots=True)
+class FhirAccess:
+    """The one FHIR client of a running service, with the allowlist and time budget it
+    fetches under; every caller that resolves data (CDS calls, the SMART page) goes
+    through it."""
+
+    client: FhirClient
+    allowed: Allowlist
+    budget_ms: int = DEFAULT_BUDGET_MS
+
+    def resolve(self, service: CdsService, request: HookRequest) -> PrefetchData:
+        return resolve(
+            service, request, client=self.client, budget_ms=self.budget_ms, allowed=self.allowed
+        )

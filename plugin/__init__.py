@@ -10,44 +10,40 @@ from typing import Any
 from flask import Flask
 from flask_cors import CORS
 
-from cds_hooks.fhir import Allowlist, ClientLimits, FhirClient
+from cds_hooks.catalog import build_registry
+from cds_hooks.fhir import ClientLimits, FhirClient
+from cds_hooks.knowledge import Language, load_knowledge
+from cds_hooks.prefetch import FhirAccess
 from cds_hooks.services import ServiceRegistry
 from plugin import errors
 from plugin.admin import views as admin
 from plugin.api import body_limit, headers, metrics, views
-from plugin.api.views import FhirAccess
-from plugin.config import as_int, as_list, database_url, load_settings
+from plugin.api.pipeline import Pipeline
+from plugin.config import database_url, load_settings
 from plugin.security import auth
 from plugin.smart import views as smart
 from plugin.storage import suppression
-from plugin.storage.store import Store, create_db_engine, migrate, utcnow
+from plugin.storage.store import Clock, Store, create_db_engine, migrate, utcnow
+from plugin.storage.suppression import Policy, policy_from_knowledge
 
 
-def build_registry(settings: Mapping[str, Any]) -> ServiceRegistry:
-    """The guideline's services, from the content file named in the settings."""
-    from cds_hooks.catalog import build_registry as build
-    from cds_hooks.knowledge import load_knowledge
+def create_app(
+    test_config: Mapping[str, Any] | None = None,
+    *,
+    registry: ServiceRegistry | None = None,
+    policy: Policy | None = None,
+    clock: Clock = utcnow,
+) -> Flask:
+    """Build the app: the one place its parts meet.
 
-    knowledge = load_knowledge(settings.get("CDS_CONTENT_FILE") or None)
-    # Uncapped here: views.call_service cuts to CDS_MAX_CARDS after suppressed cards are
-    # removed, so a suppressed card makes room for the next most urgent one.
-    return build(knowledge, language=str(settings["CDS_LANGUAGE"]), max_cards=None)
-
-
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app. ``test_config`` overrides settings (and may inject ``CDS_REGISTRY`` and
-    ``CDS_CLOCK``, the one clock that storage and suppression read)."""
-    overrides = dict(test_config or {})
-    registry = overrides.pop("CDS_REGISTRY", None)
-    clock = overrides.pop("CDS_CLOCK", utcnow)
-    settings = load_settings(overrides=overrides)
+    ``test_config`` overrides settings. A test may hand in its own ``registry`` and
+    suppression ``policy``, and the ``clock`` that storage and suppression read.
+    """
+    settings = load_settings(overrides=test_config)
 
     app = Flask(__name__)
     app.config.update(settings)
-    app.config["CDS_MAX_CARDS_INT"] = as_int("CDS_MAX_CARDS", settings["CDS_MAX_CARDS"])
-    if app.config["CDS_MAX_CARDS_INT"] < 1:
-        raise ValueError("setting CDS_MAX_CARDS must be at least 1")
-    app.config["MAX_CONTENT_LENGTH"] = as_int("CDS_MAX_BODY_BYTES", settings["CDS_MAX_BODY_BYTES"])
+    app.config["MAX_CONTENT_LENGTH"] = settings["CDS_MAX_BODY_BYTES"]
     app.config["SECRET_KEY"] = settings["CDS_SECRET_KEY"] or secrets.token_hex(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     level = logging.getLevelName(str(settings["CDS_LOG_LEVEL"]).upper())
@@ -55,25 +51,36 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # urllib3 logs each request line at DEBUG, and a FHIR query names the patient.
     logging.getLogger("urllib3").setLevel(max(level, logging.INFO))
 
+    # The guideline content, loaded and validated once: the registry, the suppression policy
+    # and the SMART page all read this one copy.
+    knowledge = load_knowledge(settings["CDS_CONTENT_FILE"] or None)
+    language: Language = settings["CDS_LANGUAGE"]
+    if registry is None:
+        # Uncapped here: the pipeline cuts to CDS_MAX_CARDS after suppressed cards are
+        # removed, so a suppressed card makes room for the next most urgent one.
+        registry = build_registry(knowledge, language=language, max_cards=None)
+    if policy is None:
+        policy = policy_from_knowledge(knowledge, language)
+
     url = database_url(settings)
-    if not overrides.get("CDS_SKIP_MIGRATE"):
+    if not settings.get("CDS_SKIP_MIGRATE"):
         migrate(url)
     app.extensions["cds_store"] = Store(create_db_engine(url), clock)
-    app.extensions["cds_fhir"] = FhirAccess(
+    fhir = FhirAccess(
         client=FhirClient(
             ClientLimits(
-                timeout_s=as_int("CDS_FHIR_TIMEOUT_MS", settings["CDS_FHIR_TIMEOUT_MS"]) / 1000,
-                max_pages=as_int("CDS_FHIR_MAX_PAGES", settings["CDS_FHIR_MAX_PAGES"]),
+                timeout_s=settings["CDS_FHIR_TIMEOUT_MS"] / 1000,
+                max_pages=settings["CDS_FHIR_MAX_PAGES"],
             ),
-            ca_bundle=str(settings["CDS_FHIR_CA_BUNDLE"] or "") or None,
+            ca_bundle=settings["CDS_FHIR_CA_BUNDLE"] or None,
         ),
-        # A bad entry stops the service at start rather than at the first call.
-        allowed=Allowlist.from_setting(str(settings["CDS_ALLOWED_FHIR_SERVERS"] or "")),
-        budget_ms=as_int("CDS_PREFETCH_BUDGET_MS", settings["CDS_PREFETCH_BUDGET_MS"]),
+        allowed=settings["CDS_ALLOWED_FHIR_SERVERS"],
+        budget_ms=settings["CDS_PREFETCH_BUDGET_MS"],
     )
-    app.extensions["cds_registry"] = registry if registry is not None else build_registry(settings)
+    app.extensions["cds_fhir"] = fhir
+    app.extensions["cds_registry"] = registry
 
-    origins = as_list(settings["CDS_CORS_ORIGINS"])
+    origins = settings["CDS_CORS_ORIGINS"]
     if origins:
         CORS(
             app,
@@ -88,10 +95,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     headers.init_app(app)
     body_limit.init_app(app)
     auth.init_app(app)
-    suppression.init_app(app)
+    suppression.init_app(app, policy)
+    app.extensions["cds_pipeline"] = Pipeline(
+        registry=registry,
+        fhir=fhir,
+        suppressions=app.extensions["cds_suppression"],
+        max_cards=settings["CDS_MAX_CARDS"],
+    )
     admin.init_app(app)
     metrics.init_app(app)
     app.register_blueprint(views.bp)
-    smart.init_app(app)
+    smart.init_app(app, knowledge.content)
     app.after_request(views.log_call)
     return app

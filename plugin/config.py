@@ -1,16 +1,70 @@
-"""Settings: one table of (name, default, help), read from ``CDS_*`` environment variables.
+"""Settings: one table of (name, default, help, parser), read from ``CDS_*`` environment variables.
 
 Every setting is documented in the README's settings table; a test fails when
-one is missing there. Values are strings in the environment and typed here.
+one is missing there. Values are strings in the environment; each row's parser types
+its value once, at start, so a bad value stops the service before the first call and no
+call site parses a setting again.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cds_hooks.fhir import Allowlist
+
+Parser = Callable[[str, Any], Any]
+
+
+def text(_name: str, value: Any) -> str:
+    return str(value if value is not None else "")
+
+
+def boolean(_name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def comma_list(_name: str, value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [part.strip() for part in str(value or "").split(",") if part.strip()]
+
+
+def integer(minimum: int | None = None) -> Parser:
+    def parse(name: str, value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"setting {name} must be an integer")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"setting {name} must be an integer") from None
+        if minimum is not None and number < minimum:
+            raise ValueError(f"setting {name} must be at least {minimum}")
+        return number
+
+    return parse
+
+
+def one_of(*choices: str) -> Parser:
+    def parse(name: str, value: Any) -> str:
+        choice = str(value).strip()
+        if choice not in choices:
+            raise ValueError(f"setting {name} must be one of {', '.join(choices)}")
+        return choice
+
+    return parse
+
+
+def allowlist(_name: str, value: Any) -> Allowlist:
+    """The FHIR server allowlist; a bad entry stops the service at start, naming its position."""
+    if isinstance(value, Allowlist):
+        return value
+    return Allowlist.from_setting(str(value or ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +72,7 @@ class Setting:
     name: str
     default: str
     help: str
+    parse: Parser = text
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -35,8 +90,10 @@ SETTINGS: tuple[Setting, ...] = (
         "`postgresql+psycopg://user:pass@host/db`.",
     ),
     Setting("CDS_HOST", "127.0.0.1", "Address `mkopper-cds serve` binds to."),
-    Setting("CDS_PORT", "8080", "Port `mkopper-cds serve` listens on."),
-    Setting("CDS_WORKERS", "2", "gunicorn worker processes for `mkopper-cds serve`."),
+    Setting("CDS_PORT", "8080", "Port `mkopper-cds serve` listens on.", parse=integer(1)),
+    Setting(
+        "CDS_WORKERS", "2", "gunicorn worker processes for `mkopper-cds serve`.", parse=integer(1)
+    ),
     Setting(
         "CDS_PUBLIC_URL",
         "",
@@ -49,31 +106,47 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "Comma-separated browser origins allowed to call the "
         "service (e.g. `https://sandbox.cds-hooks.org`). Empty: no cross-origin access.",
+        parse=comma_list,
     ),
-    Setting("CDS_LANGUAGE", "nb", "Language of card text: `nb` (Norwegian bokmål) or `en`."),
+    Setting(
+        "CDS_LANGUAGE",
+        "nb",
+        "Language of card text: `nb` (Norwegian bokmål) or `en`.",
+        parse=one_of("nb", "en"),
+    ),
     Setting(
         "CDS_CONTENT_FILE",
         "",
         "Path to a guideline content file (TOML). Empty: the content shipped with the package.",
     ),
-    Setting("CDS_MAX_CARDS", "3", "Most cards in one response, the most urgent first."),
-    Setting("CDS_MAX_BODY_BYTES", "5242880", "Largest request body accepted (413 above)."),
+    Setting(
+        "CDS_MAX_CARDS", "3", "Most cards in one response, the most urgent first.", parse=integer(1)
+    ),
+    Setting(
+        "CDS_MAX_BODY_BYTES",
+        "5242880",
+        "Largest request body accepted (413 above).",
+        parse=integer(1),
+    ),
     Setting(
         "CDS_ALLOWED_FHIR_SERVERS",
         "",
         "Comma-separated FHIR base URLs the service may "
         "call with the EHR's token. A `fhirServer` not listed gets no outbound call.",
+        parse=allowlist,
     ),
     Setting(
         "CDS_PREFETCH_BUDGET_MS",
         "1500",
         "Time budget for fetching missing prefetch data from the FHIR server, in milliseconds.",
+        parse=integer(1),
     ),
     Setting(
         "CDS_FHIR_TIMEOUT_MS",
         "1000",
         "Timeout of each FHIR HTTP call, in milliseconds "
         "(never beyond what is left of the budget).",
+        parse=integer(1),
     ),
     Setting(
         "CDS_FHIR_CA_BUNDLE",
@@ -81,7 +154,9 @@ SETTINGS: tuple[Setting, ...] = (
         "Path to a CA bundle (PEM) for FHIR servers signed by a hospital CA. Empty: the "
         "public CAs. TLS is always verified.",
     ),
-    Setting("CDS_FHIR_MAX_PAGES", "5", "Most Bundle pages followed per prefetch key."),
+    Setting(
+        "CDS_FHIR_MAX_PAGES", "5", "Most Bundle pages followed per prefetch key.", parse=integer(1)
+    ),
     Setting(
         "CDS_TRUSTED_CLIENTS",
         "",
@@ -92,6 +167,7 @@ SETTINGS: tuple[Setting, ...] = (
         "0",
         "`1`: accept calls without a JWT from loopback "
         "addresses only (development). Never in production.",
+        parse=boolean,
     ),
     Setting(
         "CDS_JWT_ALGORITHMS",
@@ -99,8 +175,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Accepted JWT algorithms (ES256 and RS256 "
         "may be added). `none` and HMAC are always refused.",
     ),
-    Setting("CDS_REQUIRE_AUTH_DISCOVERY", "0", "`1`: discovery also requires a JWT."),
-    Setting("CDS_JWKS_CACHE_SECONDS", "3600", "How long a key set fetched from a `jku` is cached."),
+    Setting(
+        "CDS_REQUIRE_AUTH_DISCOVERY", "0", "`1`: discovery also requires a JWT.", parse=boolean
+    ),
+    Setting(
+        "CDS_JWKS_CACHE_SECONDS",
+        "3600",
+        "How long a key set fetched from a `jku` is cached.",
+        parse=integer(0),
+    ),
     Setting("CDS_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR)."),
     Setting(
         "CDS_SECRET_KEY",
@@ -115,6 +198,7 @@ SETTINGS: tuple[Setting, ...] = (
         "patient ids in suppression records. Empty: a key kept in CDS_DATA_DIR. "
         "Comma-separated to rotate: the first hashes new records, the others are still "
         "recognised. Set it (the same everywhere) when several instances share a database.",
+        parse=comma_list,
     ),
     Setting(
         "CDS_ADMIN_USER",
@@ -130,6 +214,7 @@ SETTINGS: tuple[Setting, ...] = (
         "CDS_ADMIN_ALLOW_REMOTE",
         "0",
         "`1`: serve the dashboard to non-loopback addresses too (put it behind TLS then).",
+        parse=boolean,
     ),
     Setting(
         "CDS_SMART_CLIENT_ID",
@@ -154,12 +239,14 @@ SETTINGS: tuple[Setting, ...] = (
         "CDS_SMART_SESSION_MINUTES",
         "60",
         "Longest life of a SMART page session (never beyond the access token's `expires_in`).",
+        parse=integer(1),
     ),
     Setting(
         "CDS_SMART_FRAME_ANCESTORS",
         "",
         "Origins allowed to show the SMART page in a frame (CSP `frame-ancestors`), e.g. the "
         "EHR's origin. Empty: no framing.",
+        parse=comma_list,
     ),
     Setting(
         "CDS_SMART_COOKIE_SAMESITE",
@@ -186,29 +273,33 @@ DEFAULTS: dict[str, str] = {s.name: s.default for s in SETTINGS}
 def load_settings(
     environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Read every setting from the environment, then apply overrides (tests)."""
+    """Every setting from the environment, then the overrides (tests), each typed by its
+    row's parser. Names outside the table pass through unparsed."""
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {name: env.get(name, default) for name, default in DEFAULTS.items()}
+    raw: dict[str, Any] = {name: env.get(name, default) for name, default in DEFAULTS.items()}
     if overrides:
-        values.update(overrides)
-    return values
+        raw.update(overrides)
+    return {
+        name: _PARSERS[name](name, value) if name in _PARSERS else value
+        for name, value in raw.items()
+    }
 
 
+_PARSERS: dict[str, Parser] = {s.name: s.parse for s in SETTINGS}
+
+
+# Older spellings of the parsers, for call sites that pass a value through once more.
 def as_bool(value: Any) -> bool:
-    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+    return boolean("", value)
 
 
 def as_list(value: Any) -> list[str]:
-    if isinstance(value, list | tuple):
-        return [str(v).strip() for v in value if str(v).strip()]
-    return [part.strip() for part in str(value or "").split(",") if part.strip()]
+    return comma_list("", value)
 
 
 def as_int(name: str, value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"setting {name} must be an integer") from None
+    parsed: int = integer()(name, value)
+    return parsed
 
 
 def data_dir(settings: Mapping[str, Any]) -> Path:

@@ -12,6 +12,8 @@ from flask.testing import FlaskClient
 
 from plugin import create_app
 
+INJECTED = {"CDS_REGISTRY": "registry", "CDS_SUPPRESSION_POLICY": "policy", "CDS_CLOCK": "clock"}
+
 
 @pytest.fixture
 def make_app(tmp_path: Path) -> Iterator[Any]:
@@ -19,9 +21,13 @@ def make_app(tmp_path: Path) -> Iterator[Any]:
     apps: list[Flask] = []
 
     def factory(**overrides: Any) -> Flask:
+        """Settings as keywords; ``CDS_REGISTRY``, ``CDS_SUPPRESSION_POLICY`` and ``CDS_CLOCK``
+        are handed to ``create_app`` as its ``registry``, ``policy`` and ``clock``."""
+        given = {name: overrides.pop(key, None) for key, name in INJECTED.items()}
+        parts = {name: value for name, value in given.items() if value is not None}
         config: dict[str, Any] = {"CDS_DATA_DIR": str(tmp_path), "CDS_ALLOW_UNSIGNED": "1"}
         config.update(overrides)
-        app = create_app(config)
+        app = create_app(config, **parts)
         app.config["TESTING"] = True
         apps.append(app)
         return app

@@ -18,8 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from plugin.storage.store import feedback, issued_cards
-from plugin.storage.suppression import suppressions
+from plugin.storage.schema import feedback, issued_cards, suppressions
 
 EVENTS: tuple[str, ...] = ("shown", "accepted", "overridden")
 UNKNOWN_KIND = "(unknown card)"

@@ -1,8 +1,8 @@
 """HTTP views: discovery, service calls, feedback, health.
 
-A service call runs in phases (auth, parse, prefetch, rules, storage, cards); each is
-timed and the totals go into one structured log line per call, which never
-carries a patient id, a token or resource content.
+A service call runs in phases (auth, parse, then the shared pipeline's prefetch, rules and
+storage, then cards; ``pipeline.py``); each is timed and the totals go into one structured
+log line per call, which never carries a patient id, a token or resource content.
 """
 
 from __future__ import annotations
@@ -10,27 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection
 
-from cds_hooks import prefetch
 from cds_hooks.errors import InvalidRequest, UnsupportedMediaType
-from cds_hooks.fhir import Allowlist, FhirClient
 from cds_hooks.models import CdsResponse, Discovery, Feedback, HookRequest
-from cds_hooks.services import CdsService, IssuedCard, PrefetchData, ServiceRegistry
-from plugin.api import metrics
-from plugin.config import as_bool
+from cds_hooks.services import ServiceRegistry
+from plugin.api.pipeline import get_pipeline, phase
 from plugin.security import auth
 from plugin.storage import suppression
-from plugin.storage.store import Store, insert_issued
+from plugin.storage.store import Store
 
 log = logging.getLogger("plugin.calls")
 
@@ -47,20 +38,6 @@ def get_registry() -> ServiceRegistry:
 def get_store() -> Store:
     store: Store = current_app.extensions["cds_store"]
     return store
-
-
-@contextmanager
-def phase(name: str) -> Iterator[None]:
-    """Time one phase of the call; the totals go into the call's log line."""
-    start = time.perf_counter()
-    try:
-        yield
-    except Exception as exc:
-        metrics.phase_failed(name, exc)
-        raise
-    finally:
-        timings: dict[str, float] = g.setdefault("timings", {})
-        timings[name] = round((time.perf_counter() - start) * 1000, 2)
 
 
 def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
@@ -118,7 +95,7 @@ def parse_body(model: type[ModelT]) -> ModelT:
 
 @bp.get("/cds-services")
 def discovery() -> Response:
-    if as_bool(current_app.config["CDS_REQUIRE_AUTH_DISCOVERY"]):
+    if current_app.config["CDS_REQUIRE_AUTH_DISCOVERY"]:
         auth.authenticate(request)
     body = Discovery(services=get_registry().descriptors()).wire()
     return jsonify(body)
@@ -133,61 +110,9 @@ def call_service(service_id: str) -> Response:
     with phase("parse"):
         hook_request = parse_body(HookRequest)
     g.call_log.update(hook=hook_request.hook, hookInstance=hook_request.hookInstance[:64])
-    service.check_request(hook_request)
-    with phase("prefetch"):
-        data = resolve_data(service, hook_request)
-    metrics.count_prefetch(service.id, data.failed)
-    with phase("rules"):
-        evaluation = service.evaluate(hook_request, data)
-    with phase("storage"):
-
-        def record(conn: Connection, shown: list[IssuedCard], now: datetime) -> None:
-            insert_issued(
-                conn,
-                service.id,
-                hook_request.hookInstance,
-                [
-                    (
-                        item.card.uuid or "",
-                        item.finding,
-                        item.card.source.topic.code if item.card.source.topic else None,
-                    )
-                    for item in shown
-                ],
-                now,
-            )
-
-        # Cards a clinician overrode for this patient stay away (plugin/storage/suppression.py); the
-        # cards shown are recorded in the same transaction.
-        issued = suppression.get_suppressions().issue(
-            service.id,
-            suppression.subject_of(hook_request, evaluation),
-            evaluation.issued,
-            limit=current_app.config["CDS_MAX_CARDS_INT"],
-            record=record,
-        )
-    g.call_log["cards"] = len(issued)
-    g.call_log["evaluated"] = len(evaluation.issued)
-    metrics.count_cards(service.id, (item.finding for item in issued))
+    issued = get_pipeline().run(service, hook_request)
     with phase("cards"):
         return jsonify(CdsResponse(cards=[item.card for item in issued]).wire())
-
-
-@dataclass(frozen=True, slots=True)
-class FhirAccess:
-    """The app's one FHIR client, with the allowlist and time budget it fetches under."""
-
-    client: FhirClient
-    allowed: Allowlist
-    budget_ms: int
-
-
-def resolve_data(service: CdsService, hook_request: HookRequest) -> PrefetchData:
-    """The request's prefetch, with absent keys fetched from an allowlisted fhirServer."""
-    fhir: FhirAccess = current_app.extensions["cds_fhir"]
-    return prefetch.resolve(
-        service, hook_request, client=fhir.client, budget_ms=fhir.budget_ms, allowed=fhir.allowed
-    )
 
 
 @bp.post("/cds-services/<service_id>/feedback")

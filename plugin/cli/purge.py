@@ -10,8 +10,9 @@ import argparse
 import sys
 from typing import Any
 
+from cds_hooks.errors import StorageError
 from plugin.config import database_url, load_settings
-from plugin.storage.store import StorageError, create_db_engine, migrate
+from plugin.storage.store import create_db_engine, migrate
 from plugin.storage.suppression import Policy, Suppressions, hasher_from_settings
 
 

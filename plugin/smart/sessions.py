@@ -25,18 +25,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from plugin.storage.store import StorageError
-
-metadata = sa.MetaData()
-
-smart_sessions = sa.Table(
-    "smart_sessions",
-    metadata,
-    sa.Column("key_hash", sa.String(64), primary_key=True),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
-)
+from cds_hooks.errors import StorageError
+from plugin.storage.schema import smart_sessions
 
 PENDING = "pending"
 ACTIVE = "active"

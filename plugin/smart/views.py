@@ -25,8 +25,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -48,11 +46,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from cds_hooks.errors import CdsError, DataUnavailable, FhirAuthError, FhirError, FhirNotAllowed
-from cds_hooks.knowledge import Content, default_content_path, load_content
+from cds_hooks.knowledge import Content
 from cds_hooks.models import FhirAuthorization, HookRequest
 from cds_hooks.services import IssuedCard
-from plugin.api import views
-from plugin.config import as_int, as_list
+from plugin.api.pipeline import get_pipeline
+from plugin.api.views import get_store
+from plugin.config import as_list
 from plugin.smart import render as smart_render
 from plugin.smart.sessions import ACTIVE, PENDING, SessionStore, new_secret
 
@@ -119,7 +118,7 @@ def requested_scopes() -> str:
     if configured:
         return configured
     types: set[str] = set()
-    for service in views.get_registry():
+    for service in get_pipeline().registry:
         if service.hook in page_hooks():
             for template in service.prefetch.values():
                 resource_type = re.split(r"[/?]", template, maxsplit=1)[0]
@@ -129,7 +128,8 @@ def requested_scopes() -> str:
 
 
 def session_seconds() -> int:
-    return 60 * as_int("CDS_SMART_SESSION_MINUTES", current_app.config["CDS_SMART_SESSION_MINUTES"])
+    minutes: int = current_app.config["CDS_SMART_SESSION_MINUTES"]
+    return 60 * minutes
 
 
 def fhir_base(url: str) -> str:
@@ -138,8 +138,7 @@ def fhir_base(url: str) -> str:
 
 def allowed_fhir_server(iss: str) -> bool:
     """The CDS service's own allowlist (CDS_ALLOWED_FHIR_SERVERS): the one its fetches use."""
-    fhir: views.FhirAccess = current_app.extensions["cds_fhir"]
-    return fhir.allowed.allows(iss)
+    return get_pipeline().fhir.allowed.allows(iss)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -259,7 +258,7 @@ def launch() -> BaseResponse:
     # A launch value opens one session: a replayed launch URL is refused even within its
     # lifetime. The JWT replay cache (in the database) serves all workers.
     expires = datetime.now(UTC) + timedelta(seconds=LAUNCH_TTL_SECONDS)
-    if not views.get_store().remember_jti(f"smart-launch\n{iss}\n{launch_id}", expires):
+    if not get_store().remember_jti(f"smart-launch\n{iss}\n{launch_id}", expires):
         raise SmartProblem("launch-invalid", 400, "launch value already used")
     return authorize_redirect(iss, config, requested_scopes(), {"launch": launch_id})
 
@@ -444,16 +443,12 @@ def evaluate(session: Mapping[str, Any]) -> list[IssuedCard]:
     """Run every service for the launch's hooks; one card per finding, most urgent first."""
     issued: list[IssuedCard] = []
     seen: set[str] = set()
-    registry = views.get_registry()
+    pipeline = get_pipeline()
     for hook_request in hook_requests(session):
-        for service in registry:
+        for service in pipeline.registry:
             if service.hook != hook_request.hook:
                 continue
-            service.check_request(hook_request)
-            with views.phase("prefetch"):
-                data = views.resolve_data(service, hook_request)
-            with views.phase("rules"):
-                evaluation = service.evaluate(hook_request, data)
+            evaluation = pipeline.evaluate(service, hook_request)
             for item in evaluation.issued:
                 if item.finding not in seen:
                     seen.add(item.finding)
@@ -471,14 +466,9 @@ class GuidelineView:
     links: tuple[smart_render.LinkView, ...]
 
 
-@lru_cache(maxsize=4)
-def _content(path: str) -> Content:
-    return load_content(Path(path))
-
-
 def guideline_view(language: str, texts: Mapping[str, str]) -> GuidelineView:
-    path = str(current_app.config.get("CDS_CONTENT_FILE") or default_content_path())
-    guideline = _content(path).guideline
+    content: Content = current_app.extensions["smart_content"]
+    guideline = content.guideline
     lang: Literal["nb", "en"] = "en" if language == "en" else "nb"
     return GuidelineView(
         line=texts["guideline"].format(
@@ -486,7 +476,7 @@ def guideline_view(language: str, texts: Mapping[str, str]) -> GuidelineView:
         ),
         links=tuple(
             smart_render.LinkView(label=link.label.get(lang), url=link.url)
-            for link in _content(path).links.values()
+            for link in content.links.values()
         ),
     )
 
@@ -579,7 +569,9 @@ bp.register_error_handler(Exception, error_page)
 bp.after_request(security_headers)
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, content: Content) -> None:
+    """Register the page; ``content`` is the app's one loaded guideline content."""
+    app.extensions["smart_content"] = content
     app.extensions["smart_sessions"] = SessionStore(app.extensions["cds_store"].engine)
     # Authlib logs token requests and issued tokens at DEBUG: never let those reach a log.
     authlib_log = logging.getLogger("authlib")

@@ -22,53 +22,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from cds_hooks.errors import CdsError
+from cds_hooks.errors import StorageError
 from cds_hooks.models import FeedbackItem
+from plugin.storage.schema import feedback, issued_cards, jwt_replay
 
 log = logging.getLogger(__name__)
-
-metadata = sa.MetaData()
-
-issued_cards = sa.Table(
-    "issued_cards",
-    metadata,
-    sa.Column("card_uuid", sa.String(64), primary_key=True),
-    sa.Column("service_id", sa.String(100), nullable=False),
-    sa.Column("finding", sa.String(100), nullable=False),
-    sa.Column("topic", sa.String(100), nullable=True),
-    sa.Column("hook_instance", sa.String(100), nullable=False),
-    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False, index=True),
-)
-
-feedback = sa.Table(
-    "feedback",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("card_uuid", sa.String(64), nullable=False, index=True),
-    sa.Column("service_id", sa.String(100), nullable=False),
-    sa.Column("known_card", sa.Boolean, nullable=False),
-    sa.Column("outcome", sa.String(20), nullable=False),
-    sa.Column("accepted_suggestions", sa.Text, nullable=True),
-    sa.Column("override_system", sa.String(255), nullable=True),
-    sa.Column("override_code", sa.String(100), nullable=True),
-    sa.Column("override_display", sa.String(255), nullable=True),
-    sa.Column("user_comment", sa.Text, nullable=True),
-    sa.Column("outcome_time", sa.String(40), nullable=False),
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, index=True),
-)
-
-jwt_replay = sa.Table(
-    "jwt_replay",
-    metadata,
-    sa.Column("key_hash", sa.String(64), primary_key=True),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
-)
-
-
-class StorageError(CdsError):
-    status = 503
-    code = "storage-unavailable"
-    default_message = "The service's database is not available."
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,7 @@ import hmac
 import logging
 import os
 import secrets
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,11 +35,13 @@ from flask import Flask, current_app
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from cds_hooks.knowledge import Knowledge, Language, load_knowledge
+from cds_hooks.errors import StorageError
+from cds_hooks.knowledge import Knowledge, Language
 from cds_hooks.models import FeedbackItem, HookRequest
 from cds_hooks.services import Evaluation, IssuedCard
-from plugin.config import as_list, data_dir
-from plugin.storage.store import Clock, StorageError, Store, metadata, utcnow
+from plugin.config import data_dir
+from plugin.storage.schema import card_subjects, suppressions
+from plugin.storage.store import Clock, Store, insert_issued, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -51,34 +52,6 @@ KEY_FILE = "patient-hash.key"
 MIN_SECRET_LENGTH = 32
 # An empty encounter hash: a record for the whole patient (or a call without an encounter).
 NO_ENCOUNTER = ""
-
-card_subjects = sa.Table(
-    "card_subjects",
-    metadata,
-    sa.Column("card_uuid", sa.String(64), primary_key=True),
-    sa.Column("service_id", sa.String(100), nullable=False),
-    sa.Column("finding", sa.String(100), nullable=False),
-    sa.Column("kind", sa.String(100), nullable=False),
-    sa.Column("patient_hash", sa.String(64), nullable=False),
-    sa.Column("encounter_hash", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(20), nullable=True),
-    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False, index=True),
-)
-
-suppressions = sa.Table(
-    "suppressions",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("patient_hash", sa.String(64), nullable=False),
-    sa.Column("encounter_hash", sa.String(64), nullable=False),
-    sa.Column("kind", sa.String(100), nullable=False),
-    sa.Column("status", sa.String(20), nullable=True),
-    sa.Column("reason", sa.String(100), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.UniqueConstraint("patient_hash", "encounter_hash", "kind", name="uq_suppressions_subject"),
-)
-
 
 # Built once: a call only binds values (statement building was a tenth of a call's time).
 _OLD_SUBJECTS = card_subjects.delete().where(card_subjects.c.issued_at < sa.bindparam("cutoff"))
@@ -91,7 +64,6 @@ _ACTIVE_SUPPRESSIONS = sa.select(
 )
 
 # Called inside the transaction that decides which cards are shown, with those cards.
-RecordIssued = Callable[[sa.Connection, list[IssuedCard], datetime], None]
 
 
 def card_kind(item: IssuedCard) -> str:
@@ -143,7 +115,7 @@ def load_or_create_key(path: Path) -> bytes:
 
 
 def hasher_from_settings(settings: Mapping[str, Any]) -> PatientHasher:
-    secrets_list = as_list(settings.get("CDS_PATIENT_HASH_SECRET", ""))
+    secrets_list: list[str] = settings["CDS_PATIENT_HASH_SECRET"]
     if secrets_list:
         if any(len(secret) < MIN_SECRET_LENGTH for secret in secrets_list):
             raise ValueError(
@@ -201,12 +173,6 @@ def policy_from_knowledge(knowledge: Knowledge, language: Language = "nb") -> Po
     )
 
 
-def policy_from_settings(settings: Mapping[str, Any]) -> Policy:
-    knowledge = load_knowledge(settings.get("CDS_CONTENT_FILE") or None)
-    language: Language = "en" if settings.get("CDS_LANGUAGE") == "en" else "nb"
-    return policy_from_knowledge(knowledge, language)
-
-
 # --- The records ------------------------------------------------------------------------------
 
 
@@ -232,23 +198,13 @@ class Suppressions:
         self,
         engine: Engine,
         hasher: PatientHasher,
-        policy: Policy | Callable[[], Policy],
+        policy: Policy,
         clock: Clock = utcnow,
     ):
         self.engine = engine
         self.hasher = hasher
         self.clock = clock
-        self._policy = policy
-        self._lock = threading.Lock()
-
-    @property
-    def policy(self) -> Policy:
-        # Loaded on first use: the content was validated when the registry was built.
-        if callable(self._policy):
-            with self._lock:
-                if callable(self._policy):
-                    self._policy = self._policy()
-        return self._policy
+        self.policy = policy
 
     def _scopes(self, finding: str, subject: Subject) -> set[str]:
         if subject.encounter is None or not self.policy.is_per_encounter(finding):
@@ -258,14 +214,14 @@ class Suppressions:
     def issue(
         self,
         service_id: str,
+        hook_instance: str,
         subject: Subject,
         issued: Sequence[IssuedCard],
         limit: int | None = None,
-        record: RecordIssued | None = None,
     ) -> list[IssuedCard]:
         """Drop the cards suppressed for this subject, keep at most ``limit`` of the rest
-        (most urgent first, as given), record their subject, and hand them to ``record``,
-        all in one transaction."""
+        (most urgent first, as given), and record the cards kept (their uuid, finding and
+        hook instance, and their subject's hashes), all in one transaction."""
         if not issued:
             return []
         now = self.clock()
@@ -288,8 +244,20 @@ class Suppressions:
                     kept = [item for item in issued if not self._suppressed(item, subject, active)]
                     kept = kept[:limit]
                     self._record_subjects(conn, service_id, subject, kept, now)
-                if record is not None and kept:
-                    record(conn, kept, now)
+                insert_issued(
+                    conn,
+                    service_id,
+                    hook_instance,
+                    [
+                        (
+                            item.card.uuid or "",
+                            item.finding,
+                            item.card.source.topic.code if item.card.source.topic else None,
+                        )
+                        for item in kept
+                    ],
+                    now,
+                )
         except SQLAlchemyError as exc:
             raise StorageError() from exc
         return kept
@@ -421,14 +389,9 @@ def get_suppressions() -> Suppressions:
     return suppression
 
 
-def init_app(app: Flask) -> None:
-    """Attach the suppression state; a test may inject ``CDS_SUPPRESSION_POLICY``."""
-    settings = app.config
+def init_app(app: Flask, policy: Policy) -> None:
+    """Attach the suppression state, under the policy read from the app's one content."""
     store: Store = app.extensions["cds_store"]
-    injected = settings.get("CDS_SUPPRESSION_POLICY")
-    policy: Policy | Callable[[], Policy] = (
-        injected if isinstance(injected, Policy) else (lambda: policy_from_settings(settings))
-    )
     app.extensions["cds_suppression"] = Suppressions(
-        store.engine, hasher_from_settings(settings), policy, clock=store.clock
+        store.engine, hasher_from_settings(app.config), policy, clock=store.clock
     )

@@ -16,7 +16,7 @@ from flask import Flask
 from cds_hooks.models import Card, Coding, HookRequest, Source
 from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
 from plugin.admin.report import build_report, daily_chart
-from plugin.storage.store import feedback, issued_cards
+from plugin.storage.schema import feedback, issued_cards
 from tests.storage.test_suppression import Clock, call, make_suppression_app, override
 
 PASSWORD = "correct horse battery staple"

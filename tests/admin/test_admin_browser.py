@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from plugin.storage.suppression import suppressions
+from plugin.storage.schema import suppressions
 from tests.admin.test_admin import NOW, PASSWORD, dashboard_app, seed
 from tests.support.paths import ROOT
 

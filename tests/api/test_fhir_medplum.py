@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from cds_hooks.errors import DataUnavailable, FhirAuthError, FhirError
-from cds_hooks.fhir import ClientLimits, FhirClient
+from cds_hooks.fhir import Allowlist, ClientLimits, FhirClient
 from cds_hooks.models import HookRequest
 from cds_hooks.prefetch import resolve
 from cds_hooks.services import CdsService, Evaluation, PrefetchData
@@ -111,7 +111,7 @@ def test_templates_fetch_from_medplum(fhir_store: FhirTestServer, client: FhirCl
         svc,
         hook_request(fhir_store.base_url, encounterId="e1"),
         client=client,
-        allowed=[fhir_store.base_url],
+        allowed=Allowlist([fhir_store.base_url]),
     )
     assert [r["id"] for r in data.get("patient") or []] == ["p1"]
     assert [r["id"] for r in data.get("user") or []] == ["doc-9"]
@@ -153,7 +153,7 @@ def test_large_record_filtered_on_the_server(
         hook_request(fhir_store.base_url),
         client=client,
         budget_ms=1500,
-        allowed=[fhir_store.base_url],
+        allowed=Allowlist([fhir_store.base_url]),
     )
     assert time.monotonic() - started < 1.5
     assert [r["id"] for r in data.get("labs") or []] == ["hit"]
@@ -166,7 +166,10 @@ def test_missing_resource_is_unavailable(fhir_store: FhirTestServer, client: Fhi
     svc = service({"patient": "Patient/{{context.patientId}}"})
     with pytest.raises(DataUnavailable):
         resolve(
-            svc, hook_request(fhir_store.base_url), client=client, allowed=[fhir_store.base_url]
+            svc,
+            hook_request(fhir_store.base_url),
+            client=client,
+            allowed=Allowlist([fhir_store.base_url]),
         )
 
 
@@ -184,7 +187,10 @@ def guarded() -> Iterator[FhirTestServer]:
 def test_bearer_token_reaches_the_server(guarded: FhirTestServer, client: FhirClient) -> None:
     svc = service({"labs": "Observation?patient={{context.patientId}}"})
     data = resolve(
-        svc, hook_request(guarded.base_url, TOKEN), client=client, allowed=[guarded.base_url]
+        svc,
+        hook_request(guarded.base_url, TOKEN),
+        client=client,
+        allowed=Allowlist([guarded.base_url]),
     )
     assert [r["id"] for r in data.get("labs") or []] == ["g1"]
 
@@ -196,6 +202,9 @@ def test_refused_token(guarded: FhirTestServer, client: FhirClient, token: str |
     svc = service({"labs": "Observation?patient={{context.patientId}}"})
     with pytest.raises(DataUnavailable) as caught:
         resolve(
-            svc, hook_request(guarded.base_url, token), client=client, allowed=[guarded.base_url]
+            svc,
+            hook_request(guarded.base_url, token),
+            client=client,
+            allowed=Allowlist([guarded.base_url]),
         )
     assert caught.value.details == [{"prefetchKey": "labs"}]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cds_hooks.catalog import build_registry
-from cds_hooks.fhir import ClientLimits, FhirClient
+from cds_hooks.fhir import Allowlist, ClientLimits, FhirClient
 from cds_hooks.knowledge import load_knowledge
 from cds_hooks.models import CdsResponse, HookRequest
 from cds_hooks.prefetch import resolve, resources_of
@@ -100,7 +100,11 @@ def test_full_partial_and_no_prefetch_give_the_same_cards(
         request = HookRequest.model_validate(body)
         service.check_request(request)
         data = resolve(
-            service, request, client=client, budget_ms=BUDGET_MS, allowed=[server.base_url]
+            service,
+            request,
+            client=client,
+            budget_ms=BUDGET_MS,
+            allowed=Allowlist([server.base_url]),
         )
         failed[name] = data.failed
         answers[name] = normalise(CdsResponse(cards=service.evaluate(request, data).cards).wire())

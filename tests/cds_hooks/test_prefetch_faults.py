@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cds_hooks.errors import DataUnavailable
-from cds_hooks.fhir import ClientLimits, FhirClient
+from cds_hooks.fhir import Allowlist, ClientLimits, FhirClient
 from cds_hooks.models import HookRequest
 from cds_hooks.prefetch import resolve
 from cds_hooks.services import CdsService, Evaluation, PrefetchData
@@ -79,7 +79,7 @@ def timed_resolve(base: str, client: FhirClient, svc: CdsService) -> tuple[Any, 
     started = time.monotonic()
     try:
         outcome: Any = resolve(
-            svc, hook_request(base), client=client, budget_ms=BUDGET_MS, allowed=[base]
+            svc, hook_request(base), client=client, budget_ms=BUDGET_MS, allowed=Allowlist([base])
         )
     except DataUnavailable as exc:
         outcome = exc
@@ -192,7 +192,7 @@ def test_server_not_on_allowlist_never_gets_a_connection(
             hook_request(base),
             client=client,
             budget_ms=BUDGET_MS,
-            allowed=[f"http://127.0.0.1:{recorder.port}/other"],
+            allowed=Allowlist([f"http://127.0.0.1:{recorder.port}/other"]),
         )
     # Same host and port, a path prefix of the allowed base: still not allowed.
     with pytest.raises(DataUnavailable):
@@ -201,13 +201,19 @@ def test_server_not_on_allowlist_never_gets_a_connection(
             hook_request(f"http://127.0.0.1:{recorder.port}"),
             client=client,
             budget_ms=BUDGET_MS,
-            allowed=[base],
+            allowed=Allowlist([base]),
         )
     time.sleep(0.1)
     assert recorder.accepted == 0
     # The recorder does count a connection when one is allowed (the test can fail).
     with pytest.raises(DataUnavailable):
-        resolve(service(), hook_request(base), client=client, budget_ms=BUDGET_MS, allowed=[base])
+        resolve(
+            service(),
+            hook_request(base),
+            client=client,
+            budget_ms=BUDGET_MS,
+            allowed=Allowlist([base]),
+        )
     time.sleep(0.1)
     assert recorder.accepted >= 1
 

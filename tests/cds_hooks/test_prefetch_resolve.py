@@ -162,7 +162,7 @@ def test_operation_outcome_is_not_fetched_again(client: FhirClient) -> None:
             service(),
             hook_request({"patient": PAT, "conditions": outcome, "encounters": None}),
             client=client,
-            allowed=[BASE],
+            allowed=Allowlist([BASE]),
         )
     assert len(responses.calls) == 0
 
@@ -198,7 +198,7 @@ def test_failed_fetch_of_a_required_key_is_412_naming_the_key(
     responses.get(f"{BASE}/Encounter", json=searchset(ENC))
     caplog.set_level(logging.DEBUG)
     with pytest.raises(DataUnavailable) as caught:
-        resolve(service(), hook_request({"patient": PAT}), client=client, allowed=[BASE])
+        resolve(service(), hook_request({"patient": PAT}), client=client, allowed=Allowlist([BASE]))
     assert caught.value.status == 412
     assert caught.value.details == [{"prefetchKey": "conditions"}]
     text = str(caught.value.to_json()) + caplog.text
@@ -210,7 +210,9 @@ def test_failed_fetch_of_a_required_key_is_412_naming_the_key(
 def test_failed_fetch_of_an_optional_key_leaves_it_unknown(client: FhirClient) -> None:
     responses.get(f"{BASE}/Condition", json=searchset(COND))
     responses.get(f"{BASE}/Encounter", status=403)
-    data = resolve(service(), hook_request({"patient": PAT}), client=client, allowed=[BASE])
+    data = resolve(
+        service(), hook_request({"patient": PAT}), client=client, allowed=Allowlist([BASE])
+    )
     assert data.get("conditions") == [COND]
     assert data.failed == {"encounters"}
     assert data.get("encounters") is None
@@ -223,7 +225,7 @@ def test_server_not_on_allowlist_gets_no_call(client: FhirClient) -> None:
             service(),
             hook_request({"patient": PAT}),
             client=client,
-            allowed=["https://other.example.org/r4"],
+            allowed=Allowlist(["https://other.example.org/r4"]),
         )
     with pytest.raises(DataUnavailable):
         resolve(service(), hook_request({"patient": PAT}), client=client, allowed=None)
@@ -231,7 +233,7 @@ def test_server_not_on_allowlist_gets_no_call(client: FhirClient) -> None:
         service(frozenset()),
         hook_request({"patient": PAT}),
         client=client,
-        allowed="https://other.example.org/r4",
+        allowed=Allowlist.from_setting("https://other.example.org/r4"),
     )
     assert data.failed == {"conditions", "encounters"}
     assert len(responses.calls) == 0
@@ -245,7 +247,7 @@ def test_setting_string_allowlist(client: FhirClient) -> None:
         service(),
         hook_request({"patient": PAT}),
         client=client,
-        allowed=f"https://x.example.org, {BASE}/",
+        allowed=Allowlist.from_setting(f"https://x.example.org, {BASE}/"),
     )
     assert data.get("conditions") == [COND]
     assert data.get("encounters") == []
@@ -256,7 +258,10 @@ def test_without_client_or_server_absent_keys_are_unavailable(client: FhirClient
         resolve(service(), hook_request({"patient": PAT}))
     with pytest.raises(DataUnavailable):
         resolve(
-            service(), hook_request({"patient": PAT}, server=None), client=client, allowed=[BASE]
+            service(),
+            hook_request({"patient": PAT}, server=None),
+            client=client,
+            allowed=Allowlist([BASE]),
         )
 
 
@@ -264,7 +269,12 @@ def test_without_client_or_server_absent_keys_are_unavailable(client: FhirClient
 def test_no_token_fetches_without_authorization(client: FhirClient) -> None:
     responses.get(f"{BASE}/Condition", json=searchset(COND))
     responses.get(f"{BASE}/Encounter", json=searchset())
-    resolve(service(), hook_request({"patient": PAT}, token=None), client=client, allowed=[BASE])
+    resolve(
+        service(),
+        hook_request({"patient": PAT}, token=None),
+        client=client,
+        allowed=Allowlist([BASE]),
+    )
     assert all("Authorization" not in c.request.headers for c in responses.calls)
 
 
@@ -280,7 +290,7 @@ def test_unfillable_template_key_is_unavailable(client: FhirClient) -> None:
         required_prefetch=frozenset({"role"}),
     )
     with pytest.raises(DataUnavailable) as caught:
-        resolve(svc, hook_request(), client=client, allowed=[BASE])
+        resolve(svc, hook_request(), client=client, allowed=Allowlist([BASE]))
     assert caught.value.details == [{"prefetchKey": "role"}]
     assert len(responses.calls) == 0
 

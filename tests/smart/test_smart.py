@@ -21,7 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from plugin.smart import render as smart_render
-from plugin.smart.sessions import smart_sessions
+from plugin.storage.schema import smart_sessions
 from tests.support import fhirserver
 from tests.support.fake_services import fake_registry
 from tests.support.fhirserver import FhirTestServer

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from plugin.smart.sessions import ACTIVE, PENDING, SessionStore, new_secret, smart_sessions
+from plugin.smart.sessions import ACTIVE, PENDING, SessionStore, new_secret
+from plugin.storage.schema import smart_sessions
 from plugin.storage.store import create_db_engine, migrate
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from plugin.storage.store import create_db_engine, feedback
+from plugin.storage.schema import feedback
+from plugin.storage.store import create_db_engine
 from tests.support.service_process import ServiceProcess, fresh_schema, http, postgres_url
 
 CLIENTS = 8

@@ -19,11 +19,11 @@ from flask.testing import FlaskClient
 from cds_hooks.knowledge import load_knowledge
 from cds_hooks.models import Card, Coding, HookRequest, Source
 from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
+from plugin.config import load_settings
 from plugin.storage.suppression import (
     KEY_FILE,
     PatientHasher,
     Policy,
-    Suppressions,
     hasher_from_settings,
     policy_from_knowledge,
 )
@@ -287,10 +287,10 @@ def test_latest_override_decides_the_time(make_app: Any) -> None:
 
 def test_generated_key_is_private_and_kept(tmp_path: Path) -> None:
     settings = {"CDS_DATA_DIR": str(tmp_path), "CDS_PATIENT_HASH_SECRET": ""}
-    first = hasher_from_settings(settings)
+    first = hasher_from_settings(load_settings({}, settings))
     key_file = tmp_path / KEY_FILE
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    again = hasher_from_settings(settings)
+    again = hasher_from_settings(load_settings({}, settings))
     assert first.hash("patient", "p1") == again.hash("patient", "p1")
     assert [p.name for p in tmp_path.iterdir()] == [KEY_FILE]
 
@@ -306,7 +306,9 @@ def test_hash_depends_on_key_and_domain() -> None:
 
 def test_short_secret_is_refused_without_echoing_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="CDS_PATIENT_HASH_SECRET") as info:
-        hasher_from_settings({"CDS_DATA_DIR": str(tmp_path), "CDS_PATIENT_HASH_SECRET": "short1"})
+        hasher_from_settings(
+            load_settings({}, {"CDS_DATA_DIR": str(tmp_path), "CDS_PATIENT_HASH_SECRET": "short1"})
+        )
     assert "short1" not in str(info.value)
 
 
@@ -329,7 +331,10 @@ def test_rotation_keeps_suppressions_made_under_the_old_secret(make_app: Any) ->
 
 def test_new_records_use_the_first_secret(tmp_path: Path) -> None:
     hasher = hasher_from_settings(
-        {"CDS_DATA_DIR": str(tmp_path), "CDS_PATIENT_HASH_SECRET": f"{OTHER_SECRET},{SECRET}"}
+        load_settings(
+            {},
+            {"CDS_DATA_DIR": str(tmp_path), "CDS_PATIENT_HASH_SECRET": f"{OTHER_SECRET},{SECRET}"},
+        )
     )
     assert hasher.hash("patient", "p1") == PatientHasher([OTHER_SECRET.encode()]).hash(
         "patient", "p1"
@@ -371,20 +376,39 @@ def test_policy_reads_kind_flags_from_content() -> None:
     assert all(edited.is_status_bound(other) for other in findings if other != key)
 
 
-def test_policy_is_loaded_lazily_once(tmp_path: Path) -> None:
-    loads: list[int] = []
+def test_content_is_loaded_once_for_registry_policy_and_page(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plugin
+    from cds_hooks.knowledge import load_knowledge
 
-    def load() -> Policy:
-        loads.append(1)
-        return Policy(reason_hours={"x": 1})
+    loads: list[object] = []
 
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'db.sqlite3'}")
-    suppressions = Suppressions(engine, PatientHasher([SECRET.encode()]), load)
-    assert loads == []
-    assert suppressions.policy.hours_for("x") == 1
-    assert suppressions.policy.hours_for("x") == 1
-    assert loads == [1]
-    engine.dispose()
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        knowledge = load_knowledge(*args, **kwargs)
+        loads.append(knowledge)
+        return knowledge
+
+    monkeypatch.setattr(plugin, "load_knowledge", counting)
+    app = make_app()
+    assert len(loads) == 1
+    (knowledge,) = loads
+    # The suppression policy and the SMART page read that one copy.
+    assert app.extensions["smart_content"] is knowledge.content  # type: ignore[attr-defined]
+    policy = app.extensions["cds_suppression"].policy
+    assert policy == policy_from_knowledge(knowledge)  # type: ignore[arg-type]
+    client = app.test_client()
+    service = app.extensions["cds_registry"].get("mkopper-patient-view")
+    empty = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "h",
+        "context": {"patientId": "p", "userId": "Practitioner/1"},
+        "prefetch": {key: empty for key in service.prefetch},
+    }
+    response = client.post("/cds-services/mkopper-patient-view", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(loads) == 1
 
 
 def test_purge_command_deletes_expired_records(make_app: Any, tmp_path: Path, capsys: Any) -> None:

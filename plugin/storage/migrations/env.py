@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from plugin.storage.store import create_db_engine, metadata
+from plugin.storage.schema import metadata
+from plugin.storage.store import create_db_engine
 
 config = context.config
 

@@ -1,0 +1,88 @@
+"""The one call pipeline, shared by CDS Hooks calls and the SMART page.
+
+A call goes one way: authenticate, parse, resolve data, evaluate, suppress and record, render.
+The first two steps belong to the caller, because they differ: a CDS Hooks call
+(``views.call_service``) checks the EHR's JWT and parses the JSON body; the SMART page
+(``plugin.smart``) checks its session and builds the requests an EHR would send. From a
+``HookRequest`` on, both use :class:`Pipeline`: the data is resolved through the app's one
+:class:`~cds_hooks.prefetch.FhirAccess`, the service evaluates it, and suppression drops the
+cards a clinician overrode and records the cards shown, in one transaction.
+
+Each step is timed with :func:`phase`; the totals go into the call's one log line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from flask import current_app, g
+
+from cds_hooks.models import HookRequest
+from cds_hooks.prefetch import FhirAccess
+from cds_hooks.services import CdsService, Evaluation, IssuedCard, ServiceRegistry
+from plugin.api import metrics
+from plugin.storage.suppression import Suppressions, subject_of
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time one phase of the call; the totals go into the call's log line."""
+    start = time.perf_counter()
+    try:
+        yield
+    except Exception as exc:
+        metrics.phase_failed(name, exc)
+        raise
+    finally:
+        timings: dict[str, float] = g.setdefault("timings", {})
+        timings[name] = round((time.perf_counter() - start) * 1000, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """The parts a call needs, built once in ``create_app``."""
+
+    registry: ServiceRegistry
+    fhir: FhirAccess
+    suppressions: Suppressions
+    max_cards: int
+
+    def evaluate(self, service: CdsService, hook_request: HookRequest) -> Evaluation:
+        """Resolve the service's data for the request and evaluate it: every card, uncut."""
+        service.check_request(hook_request)
+        with phase("prefetch"):
+            data = self.fhir.resolve(service, hook_request)
+        metrics.count_prefetch(service.id, data.failed)
+        with phase("rules"):
+            return service.evaluate(hook_request, data)
+
+    def issue(
+        self, service: CdsService, hook_request: HookRequest, evaluation: Evaluation
+    ) -> list[IssuedCard]:
+        """Drop suppressed cards, cut to ``max_cards`` (a suppressed card makes room for the
+        next most urgent one) and record the cards shown."""
+        with phase("storage"):
+            return self.suppressions.issue(
+                service.id,
+                hook_request.hookInstance,
+                subject_of(hook_request, evaluation),
+                evaluation.issued,
+                limit=self.max_cards,
+            )
+
+    def run(self, service: CdsService, hook_request: HookRequest) -> list[IssuedCard]:
+        """A whole CDS Hooks call from its parsed request: the cards to answer."""
+        evaluation = self.evaluate(service, hook_request)
+        issued = self.issue(service, hook_request, evaluation)
+        g.call_log["cards"] = len(issued)
+        g.call_log["evaluated"] = len(evaluation.issued)
+        metrics.count_cards(service.id, (item.finding for item in issued))
+        return issued
+
+
+def get_pipeline() -> Pipeline:
+    pipeline: Pipeline = current_app.extensions["cds_pipeline"]
+    return pipeline
