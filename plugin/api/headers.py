@@ -1,10 +1,11 @@
 """Security headers on every response, errors included.
 
 The JSON API gets the strictest set: nothing in it may be run, framed or
-cached. HTML pages (the SMART page) are launched inside an EHR's frame and
-load their own scripts, so they get only the headers that cannot break that;
-a view that needs a stricter or different policy sets the header itself and
-it is kept (every header here is a default, never an override).
+cached. HTML pages get the common set and a minimal policy; each page sets its
+own stricter Content-Security-Policy and framing rule (the SMART page may be
+framed by the EHR, the dashboard never), and what a view sets is kept: every
+header here is a default, never an override. No page of the service loads a
+script.
 """
 
 from __future__ import annotations

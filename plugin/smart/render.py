@@ -19,11 +19,11 @@ from pathlib import Path
 
 from markupsafe import Markup, escape
 
+from cds_hooks.knowledge import LANGUAGES, Language
 from cds_hooks.models import Card
 from cds_hooks.services import IssuedCard
 
 TEXT_FILE = Path(__file__).with_name("text.toml")
-LANGUAGES = ("nb", "en")
 INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 _LIST_ITEM = re.compile(r"^\s*[-*]\s+(.*)$")
@@ -41,9 +41,9 @@ def _all_texts() -> dict[str, dict[str, str]]:
     return {lang: {str(k): str(v) for k, v in data[lang].items()} for lang in LANGUAGES}
 
 
-def page_texts(language: str) -> Mapping[str, str]:
-    """The page chrome in ``language`` (Norwegian bokmål unless English is asked for)."""
-    return _all_texts()["en" if language == "en" else "nb"]
+def page_texts(language: Language) -> Mapping[str, str]:
+    """The page chrome in ``language``."""
+    return _all_texts()[language]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cds_hooks.errors import StorageError
 from plugin.storage.schema import smart_sessions
+from plugin.storage.store import Clock, utcnow
 
 PENDING = "pending"
 ACTIVE = "active"
@@ -49,21 +50,18 @@ def _cipher(secret: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(key))
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def _as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class SessionStore:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, clock: Clock = utcnow):
         self.engine = engine
+        self.clock = clock
 
     def put(self, secret: str, kind: str, data: dict[str, Any], ttl_seconds: int) -> None:
         """Store ``data`` under ``secret`` for ``ttl_seconds``; expired rows are purged."""
-        now = _utcnow()
+        now = self.clock()
         token = _cipher(secret).encrypt(json.dumps(data, separators=(",", ":")).encode())
         try:
             with self.engine.begin() as conn:
@@ -128,9 +126,8 @@ class SessionStore:
         except SQLAlchemyError as exc:
             raise StorageError() from exc
 
-    @staticmethod
-    def _open(secret: str, kind: str, row: Any) -> dict[str, Any] | None:
-        if row is None or row.kind != kind or _as_utc(row.expires_at) <= _utcnow():
+    def _open(self, secret: str, kind: str, row: Any) -> dict[str, Any] | None:
+        if row is None or row.kind != kind or _as_utc(row.expires_at) <= self.clock():
             return None
         try:
             data = json.loads(_cipher(secret).decrypt(row.payload.encode("ascii")))

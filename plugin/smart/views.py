@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -46,7 +46,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from cds_hooks.errors import CdsError, DataUnavailable, FhirAuthError, FhirError, FhirNotAllowed
-from cds_hooks.knowledge import Content
+from cds_hooks.knowledge import Content, Language
 from cds_hooks.models import FhirAuthorization, HookRequest
 from cds_hooks.services import IssuedCard
 from plugin.api.pipeline import get_pipeline
@@ -466,10 +466,9 @@ class GuidelineView:
     links: tuple[smart_render.LinkView, ...]
 
 
-def guideline_view(language: str, texts: Mapping[str, str]) -> GuidelineView:
+def guideline_view(lang: Language, texts: Mapping[str, str]) -> GuidelineView:
     content: Content = current_app.extensions["smart_content"]
     guideline = content.guideline
-    lang: Literal["nb", "en"] = "en" if language == "en" else "nb"
     return GuidelineView(
         line=texts["guideline"].format(
             title=guideline.title.get(lang), owner=guideline.owner, version=guideline.version
@@ -481,8 +480,9 @@ def guideline_view(language: str, texts: Mapping[str, str]) -> GuidelineView:
     )
 
 
-def language() -> str:
-    return "en" if str(current_app.config["CDS_LANGUAGE"]) == "en" else "nb"
+def language() -> Language:
+    lang: Language = current_app.config["CDS_LANGUAGE"]
+    return lang
 
 
 @bp.get("/")
@@ -551,15 +551,14 @@ def error_page(error: Exception) -> Response:
 
 
 def security_headers(response: Response) -> Response:
-    """A strict CSP: no script at all, styles from this origin only, nothing else loaded."""
-    ancestors = " ".join(as_list(current_app.config["CDS_SMART_FRAME_ANCESTORS"])) or "'none'"
+    """A strict CSP: no script at all, styles from this origin only, nothing else loaded.
+    The headers every response carries (nosniff, no referrer, no store) come from
+    ``plugin.api.headers``."""
+    ancestors = " ".join(current_app.config["CDS_SMART_FRAME_ANCESTORS"]) or "'none'"
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
         f"form-action 'none'; frame-ancestors {ancestors}"
     )
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Cache-Control"] = "no-store"
     if ancestors == "'none'":
         response.headers["X-Frame-Options"] = "DENY"
     return response
@@ -572,7 +571,8 @@ bp.after_request(security_headers)
 def init_app(app: Flask, content: Content) -> None:
     """Register the page; ``content`` is the app's one loaded guideline content."""
     app.extensions["smart_content"] = content
-    app.extensions["smart_sessions"] = SessionStore(app.extensions["cds_store"].engine)
+    store = app.extensions["cds_store"]
+    app.extensions["smart_sessions"] = SessionStore(store.engine, store.clock)
     # Authlib logs token requests and issued tokens at DEBUG: never let those reach a log.
     authlib_log = logging.getLogger("authlib")
     if authlib_log.level < logging.INFO:

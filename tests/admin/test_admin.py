@@ -17,7 +17,8 @@ from cds_hooks.models import Card, Coding, HookRequest, Source
 from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
 from plugin.admin.report import build_report, daily_chart
 from plugin.storage.schema import feedback, issued_cards
-from tests.storage.test_suppression import Clock, call, make_suppression_app, override
+from tests.storage.test_suppression import call, make_suppression_app, override
+from tests.support.clock import Clock
 
 PASSWORD = "correct horse battery staple"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

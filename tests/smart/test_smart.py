@@ -403,7 +403,11 @@ def test_page_texts_have_the_same_keys_in_both_languages() -> None:
     nb, en = smart_render.page_texts("nb"), smart_render.page_texts("en")
     assert set(nb) == set(en)
     assert nb["nothing_applies"] == "Ingen m-kopper-tiltak for denne pasienten"
-    assert smart_render.page_texts("de") == nb
+
+
+def test_an_unknown_language_stops_the_service_at_start(make_app: Any) -> None:
+    with pytest.raises(ValueError, match="setting CDS_LANGUAGE must be one of nb, en"):
+        make_app(CDS_LANGUAGE="de")
 
 
 def test_detail_lists_become_checklists_and_html_is_escaped() -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from plugin.smart.sessions import ACTIVE, PENDING, SessionStore, new_secret
 from plugin.storage.schema import smart_sessions
 from plugin.storage.store import create_db_engine, migrate
+from tests.support.clock import START, Clock
 
 
 def _postgres_url() -> str:
@@ -41,7 +42,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SessionSto
     migrate(url)
     engine = create_db_engine(url)
     try:
-        yield SessionStore(engine)
+        yield SessionStore(engine, Clock(START))
     finally:
         engine.dispose()
 
@@ -83,7 +84,9 @@ def test_only_one_of_racing_takes_wins(store: SessionStore) -> None:
 def test_expired_rows_are_gone_and_purged(store: SessionStore) -> None:
     old = new_secret()
     store.put(old, ACTIVE, {"x": 1}, 1)
-    time.sleep(1.1)
+    assert store.get(old, ACTIVE) == {"x": 1}
+    clock: Clock = store.clock  # type: ignore[assignment]
+    clock.now += timedelta(seconds=1)
     assert store.get(old, ACTIVE) is None
     assert store.take(old, ACTIVE) is None
     store.put(new_secret(), ACTIVE, {"x": 2}, 60)  # any write purges what has expired

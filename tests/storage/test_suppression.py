@@ -27,6 +27,7 @@ from plugin.storage.suppression import (
     hasher_from_settings,
     policy_from_knowledge,
 )
+from tests.support.clock import START, Clock
 
 SERVICE = "sup-view"
 SECRET = "a" * 32
@@ -77,17 +78,6 @@ def content_policy(**changes: Any) -> Policy:
         reason_labels=policy.reason_labels,
         kind_labels=policy.kind_labels,
     )
-
-
-class Clock:
-    def __init__(self, start: datetime):
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-START = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
 
 def make_suppression_app(make_app: Any, clock: Clock, **overrides: Any) -> Flask:

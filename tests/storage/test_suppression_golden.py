@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.storage.test_suppression import Clock, call, make_suppression_app, override
+from tests.storage.test_suppression import call, make_suppression_app, override
+from tests.support.clock import Clock
 from tests.support.paths import TESTS
 
 CASES = sorted((TESTS / "cases_feedback").glob("*.json"))
