@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from cds_hooks.services import CdsService
 from plugin import create_app
-from tests.support.security_requests import all_requests, hook_request, patients, searchset
+from tests.support.fhir import searchset
+from tests.support.security_requests import all_requests, hook_request, patients
 
 # Examples per property; together well over 10,000 requests.
 MUTATED_REQUESTS = 4500
@@ -369,7 +370,7 @@ def test_huge_prefetch_bundle_is_answered(client: FlaskClient, services: list[Cd
         r for r in patients()["mk-confirmed-inpatient"] if r["resourceType"] == "Condition"
     ]
     many = [dict(conditions[0], id=f"c-{i}") for i in range(5000)]
-    body["prefetch"]["conditions"] = searchset(many)
+    body["prefetch"]["conditions"] = searchset(many, total=True)
     raw = json.dumps(body).encode()
     assert 2 * 1024 * 1024 < len(raw) < 5 * 1024 * 1024
     response = client.post(f"/cds-services/{service.id}", data=raw, content_type="application/json")

@@ -23,6 +23,7 @@ from cds_hooks.fhir import (
     normalise_base,
     same_base,
 )
+from tests.support.fhir import searchset
 
 BASE = "https://fhir.example.org/r4"
 TOKEN = "secret-token-abc123"
@@ -33,17 +34,6 @@ QUERY = "Condition?patient=pat-4711"
 def client() -> Iterator[FhirClient]:
     with FhirClient(ClientLimits(timeout_s=1.0, max_pages=3, max_entries=10_000)) as c:
         yield c
-
-
-def bundle(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
-    }
-    if next_url:
-        body["link"] = [{"relation": "next", "url": next_url}]
-    return body
 
 
 def condition(i: int) -> dict[str, Any]:
@@ -127,7 +117,7 @@ def test_same_base() -> None:
 def test_search_sends_accept_and_bearer_token(client: FhirClient) -> None:
     responses.get(
         f"{BASE}/{QUERY}",
-        json=bundle([condition(1)]),
+        json=searchset([condition(1)], match=True),
         match=[
             matchers.header_matcher(
                 {"Accept": "application/fhir+json", "Authorization": f"Bearer {TOKEN}"}
@@ -225,11 +215,14 @@ def test_redirect_is_not_followed(client: FhirClient) -> None:
 
 @responses.activate
 def test_follows_next_pages_on_the_same_base(client: FhirClient) -> None:
-    responses.get(f"{BASE}/{QUERY}", json=bundle([condition(1)], f"{BASE}/Condition?page=2"))
     responses.get(
-        f"{BASE}/Condition?page=2", json=bundle([condition(2)], f"{BASE}/Condition?page=3")
+        f"{BASE}/{QUERY}", json=searchset([condition(1)], f"{BASE}/Condition?page=2", match=True)
     )
-    responses.get(f"{BASE}/Condition?page=3", json=bundle([condition(3)]))
+    responses.get(
+        f"{BASE}/Condition?page=2",
+        json=searchset([condition(2)], f"{BASE}/Condition?page=3", match=True),
+    )
+    responses.get(f"{BASE}/Condition?page=3", json=searchset([condition(3)], match=True))
     result = client.fetch(BASE, QUERY, TOKEN)
     assert [r["id"] for r in result.resources] == ["c1", "c2", "c3"]
     assert result.pages == 3
@@ -242,7 +235,7 @@ def test_page_cap(client: FhirClient) -> None:
     for page in range(1, 6):
         responses.get(
             f"{BASE}/Condition?page={page}",
-            json=bundle([condition(page)], f"{BASE}/Condition?page={page + 1}"),
+            json=searchset([condition(page)], f"{BASE}/Condition?page={page + 1}", match=True),
         )
     result = client.fetch(BASE, "Condition?page=1", TOKEN)
     assert result.pages == 3  # max_pages
@@ -255,7 +248,7 @@ def test_page_cap(client: FhirClient) -> None:
 def test_next_link_to_another_host_is_not_followed(client: FhirClient) -> None:
     responses.get(
         f"{BASE}/{QUERY}",
-        json=bundle([condition(1)], "https://attacker.example.net/r4/Condition?p=2"),
+        json=searchset([condition(1)], "https://attacker.example.net/r4/Condition?p=2", match=True),
     )
     # Any call to another host would fail the test: responses refuses unregistered URLs.
     result = client.fetch(BASE, QUERY, TOKEN)
@@ -268,7 +261,7 @@ def test_next_link_to_another_host_is_not_followed(client: FhirClient) -> None:
 def test_next_link_outside_the_base_path_is_not_followed(client: FhirClient) -> None:
     responses.get(
         f"{BASE}/{QUERY}",
-        json=bundle([condition(1)], "https://fhir.example.org/other/Condition?p=2"),
+        json=searchset([condition(1)], "https://fhir.example.org/other/Condition?p=2", match=True),
     )
     result = client.fetch(BASE, QUERY, TOKEN)
     assert result.truncated
@@ -277,15 +270,17 @@ def test_next_link_outside_the_base_path_is_not_followed(client: FhirClient) -> 
 
 @responses.activate
 def test_relative_next_link_resolves_against_the_page(client: FhirClient) -> None:
-    responses.get(f"{BASE}/{QUERY}", json=bundle([condition(1)], "Condition?page=2"))
-    responses.get(f"{BASE}/Condition?page=2", json=bundle([condition(2)]))
+    responses.get(f"{BASE}/{QUERY}", json=searchset([condition(1)], "Condition?page=2", match=True))
+    responses.get(f"{BASE}/Condition?page=2", json=searchset([condition(2)], match=True))
     result = client.fetch(BASE, QUERY, TOKEN)
     assert [r["id"] for r in result.resources] == ["c1", "c2"]
 
 
 @responses.activate
 def test_five_thousand_entry_bundle(client: FhirClient) -> None:
-    responses.get(f"{BASE}/{QUERY}", json=bundle([condition(i) for i in range(5000)]))
+    responses.get(
+        f"{BASE}/{QUERY}", json=searchset([condition(i) for i in range(5000)], match=True)
+    )
     started = time.monotonic()
     result = client.fetch(BASE, QUERY, TOKEN)
     assert len(result.resources) == 5000
@@ -297,7 +292,7 @@ def test_entry_cap_truncates() -> None:
     with FhirClient(ClientLimits(max_entries=100)) as capped:
         responses.get(
             f"{BASE}/{QUERY}",
-            json=bundle([condition(i) for i in range(150)], f"{BASE}/Condition?p=2"),
+            json=searchset([condition(i) for i in range(150)], f"{BASE}/Condition?p=2", match=True),
         )
         result = capped.fetch(BASE, QUERY, TOKEN)
     assert len(result.resources) == 100
@@ -308,7 +303,9 @@ def test_entry_cap_truncates() -> None:
 @responses.activate
 def test_body_size_cap() -> None:
     with FhirClient(ClientLimits(max_bytes=10_000)) as capped:
-        responses.get(f"{BASE}/{QUERY}", json=bundle([condition(i) for i in range(1000)]))
+        responses.get(
+            f"{BASE}/{QUERY}", json=searchset([condition(i) for i in range(1000)], match=True)
+        )
         with pytest.raises(FhirError) as caught:
             capped.fetch(BASE, QUERY, TOKEN)
     assert "too large" in str(caught.value)

@@ -17,6 +17,7 @@ from cds_hooks.fhir import Allowlist, FhirClient
 from cds_hooks.models import HookRequest
 from cds_hooks.prefetch import UnfillableTemplate, fill_template, resolve
 from cds_hooks.services import CdsService, Evaluation, PrefetchData
+from tests.support.fhir import searchset
 
 BASE = "https://fhir.example.org/r4"
 TOKEN = "token-xyz-987"
@@ -67,14 +68,6 @@ def hook_request(
     if prefetch is not None:
         body["prefetch"] = prefetch
     return HookRequest.model_validate(body)
-
-
-def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in resources],
-    }
 
 
 COND = {"resourceType": "Condition", "id": "c1"}
@@ -130,7 +123,7 @@ def test_supplied_null_and_outcome() -> None:
         hook_request(
             {
                 "patient": PAT,
-                "conditions": searchset(COND),
+                "conditions": searchset([COND]),
                 "encounters": None,
             }
         ),
@@ -173,8 +166,8 @@ def test_operation_outcome_is_not_fetched_again(client: FhirClient) -> None:
 @responses.activate
 def test_absent_keys_are_fetched_with_filled_templates(client: FhirClient) -> None:
     responses.get(f"{BASE}/Patient/pat%204711%2F%C3%A6", json=PAT)
-    responses.get(f"{BASE}/Condition", json=searchset(COND))
-    responses.get(f"{BASE}/Encounter", json=searchset(ENC))
+    responses.get(f"{BASE}/Condition", json=searchset([COND]))
+    responses.get(f"{BASE}/Encounter", json=searchset([ENC]))
     data = resolve(
         service(), hook_request({"patient": PAT}), client=client, allowed=Allowlist([BASE])
     )
@@ -195,7 +188,7 @@ def test_failed_fetch_of_a_required_key_is_412_naming_the_key(
     client: FhirClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     responses.get(f"{BASE}/Condition", status=500, body="diagnosis: secret")
-    responses.get(f"{BASE}/Encounter", json=searchset(ENC))
+    responses.get(f"{BASE}/Encounter", json=searchset([ENC]))
     caplog.set_level(logging.DEBUG)
     with pytest.raises(DataUnavailable) as caught:
         resolve(service(), hook_request({"patient": PAT}), client=client, allowed=Allowlist([BASE]))
@@ -208,7 +201,7 @@ def test_failed_fetch_of_a_required_key_is_412_naming_the_key(
 
 @responses.activate
 def test_failed_fetch_of_an_optional_key_leaves_it_unknown(client: FhirClient) -> None:
-    responses.get(f"{BASE}/Condition", json=searchset(COND))
+    responses.get(f"{BASE}/Condition", json=searchset([COND]))
     responses.get(f"{BASE}/Encounter", status=403)
     data = resolve(
         service(), hook_request({"patient": PAT}), client=client, allowed=Allowlist([BASE])
@@ -241,7 +234,7 @@ def test_server_not_on_allowlist_gets_no_call(client: FhirClient) -> None:
 
 @responses.activate
 def test_setting_string_allowlist(client: FhirClient) -> None:
-    responses.get(f"{BASE}/Condition", json=searchset(COND))
+    responses.get(f"{BASE}/Condition", json=searchset([COND]))
     responses.get(f"{BASE}/Encounter", json=searchset())
     data = resolve(
         service(),
@@ -267,7 +260,7 @@ def test_without_client_or_server_absent_keys_are_unavailable(client: FhirClient
 
 @responses.activate
 def test_no_token_fetches_without_authorization(client: FhirClient) -> None:
-    responses.get(f"{BASE}/Condition", json=searchset(COND))
+    responses.get(f"{BASE}/Condition", json=searchset([COND]))
     responses.get(f"{BASE}/Encounter", json=searchset())
     resolve(
         service(),

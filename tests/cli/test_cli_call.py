@@ -30,6 +30,7 @@ from plugin.cli.http import (
 )
 from tests.support.cli_support import run_command, serving, write_trust
 from tests.support.fake_services import fake_registry
+from tests.support.fhir import searchset
 
 FHIR = "http://fhir.test.example/r4"
 TOKEN = "fhir-token-must-not-leak-7f3a"
@@ -108,17 +109,6 @@ def fhir() -> Iterator[responses.RequestsMock]:
         yield mock
 
 
-def bundle(*resources: dict[str, Any], next_url: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in resources],
-    }
-    if next_url:
-        body["link"] = [{"relation": "next", "url": next_url}]
-    return body
-
-
 def fhir_urls(mock: responses.RequestsMock) -> list[str]:
     """The URLs asked of the FHIR server (the mock also sees the calls to the service)."""
     return [c.request.url for c in mock.calls if str(c.request.url).startswith(FHIR)]
@@ -131,7 +121,7 @@ def condition(cid: str) -> dict[str, Any]:
 def test_patient_view_prints_the_cards(
     service: str, fhir: responses.RequestsMock, recorder: Recorder, capsys: Any
 ) -> None:
-    fhir.get(f"{FHIR}/Condition", json=bundle(condition("c1"), condition("c2")))
+    fhir.get(f"{FHIR}/Condition", json=searchset([condition("c1"), condition("c2")]))
     code, out, err = run_command(
         ["call", "patient-view", "--patient", "p1", "--fhir-server", FHIR, "--service", service],
         capsys,
@@ -151,7 +141,7 @@ def test_patient_view_prints_the_cards(
 def test_json_prints_the_raw_response(
     service: str, fhir: responses.RequestsMock, capsys: Any
 ) -> None:
-    fhir.get(f"{FHIR}/Condition", json=bundle(condition("c1")))
+    fhir.get(f"{FHIR}/Condition", json=searchset([condition("c1")]))
     code, out, _err = run_command(
         [
             "call",
@@ -176,10 +166,10 @@ def test_a_missing_encounter_is_sent_as_null_and_pages_are_joined(
 ) -> None:
     fhir.get(f"{FHIR}/Encounter/e9", status=404, json={"resourceType": "OperationOutcome"})
     page2 = f"{FHIR}/Condition?patient=p1&_page=2"
-    fhir.get(page2, json=bundle(condition("c3")))
+    fhir.get(page2, json=searchset([condition("c3")]))
     fhir.get(
         f"{FHIR}/Condition?patient=p1",
-        json=bundle(condition("c1"), condition("c2"), next_url=page2),
+        json=searchset([condition("c1"), condition("c2")], next_url=page2),
     )
     code, _out, err = run_command(
         [
@@ -209,7 +199,7 @@ def test_a_next_page_on_another_server_is_not_followed(
 ) -> None:
     fhir.get(
         f"{FHIR}/Condition",
-        json=bundle(condition("c1"), next_url="http://elsewhere.example/Condition?p=2"),
+        json=searchset([condition("c1")], next_url="http://elsewhere.example/Condition?p=2"),
     )
     code, _out, err = run_command(
         [
@@ -240,7 +230,7 @@ def test_the_fhir_token_goes_to_the_fhir_server_and_the_service_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CDS_FHIR_TOKEN", TOKEN)
-    fhir.get(f"{FHIR}/Condition", json=bundle())
+    fhir.get(f"{FHIR}/Condition", json=searchset())
     code, out, err = run_command(
         ["call", "patient-view", "--patient", "p1", "--fhir-server", FHIR, "--service", service],
         capsys,

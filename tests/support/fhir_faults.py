@@ -15,19 +15,10 @@ from typing import Any, ClassVar
 
 import pytest
 
+from tests.support.fhir import searchset
+
 STOP = threading.Event()
 FAULTS = ("401", "403", "404", "500", "badjson", "html", "slow", "trickle", "slowheaders")
-
-
-def searchset(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "entry": [{"resource": r} for r in resources],
-    }
-    if next_url:
-        body["link"] = [{"relation": "next", "url": next_url}]
-    return body
 
 
 class FaultHandler(BaseHTTPRequestHandler):

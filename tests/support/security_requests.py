@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 from cds_hooks.services import CdsService
+from tests.support.fhir import collection, searchset
 from tests.support.paths import PATIENTS
 
 PATIENTS_DIR = PATIENTS
@@ -37,23 +38,6 @@ def patients() -> dict[str, tuple[dict[str, Any], ...]]:
         patient = next(r for r in resources if r["resourceType"] == "Patient")
         found[patient["id"]] = resources
     return found
-
-
-def searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(resources),
-        "entry": [{"resource": r} for r in resources],
-    }
-
-
-def collection(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": r} for r in resources],
-    }
 
 
 def hook_request(service: CdsService, patient_id: str) -> dict[str, Any]:
@@ -84,7 +68,7 @@ def hook_request(service: CdsService, patient_id: str) -> dict[str, Any]:
         if key == "encounter":
             prefetch[key] = encounters[0] if encounters else None
         else:
-            prefetch[key] = searchset(of_type(PREFETCH_TYPES.get(key, key)))
+            prefetch[key] = searchset(of_type(PREFETCH_TYPES.get(key, key)), total=True)
     return {
         "hook": service.hook,
         "hookInstance": "3f1f6c0e-7a1b-4a55-9d0b-5d9c3f2a8e10",
