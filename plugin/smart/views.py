@@ -86,7 +86,7 @@ class SmartProblem(Exception):
         self.reason = reason  # for the log line: never a token, a code or a patient id
 
 
-# --- Settings ----------------------------------------------------------------
+# --- Sessions, client registration and scopes --------------------------------
 
 
 def get_sessions() -> SessionStore:

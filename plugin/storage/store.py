@@ -26,8 +26,6 @@ from cds_hooks.errors import StorageError
 from cds_hooks.models import FeedbackItem
 from plugin.storage.schema import feedback, issued_cards, jwt_replay
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True, slots=True)
 class StoredFeedback:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import logging
 import os
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,8 +41,6 @@ from cds_hooks.services import Evaluation, IssuedCard
 from plugin.config import data_dir
 from plugin.storage.schema import card_subjects, suppressions
 from plugin.storage.store import Clock, Store, insert_issued, utcnow
-
-log = logging.getLogger(__name__)
 
 # Feedback comes while the card is on screen, or later from an EHR's retry queue; a card's
 # patient hash is kept this long for it, then deleted (feedback after that suppresses nothing).
