@@ -12,7 +12,7 @@ from typing import Any
 
 from cds_hooks.errors import StorageError
 from plugin.config import database_url, load_settings
-from plugin.storage.store import create_db_engine, migrate
+from plugin.storage.store import Clock, create_db_engine, migrate, utcnow
 from plugin.storage.suppression import Policy, Suppressions, hasher_from_settings
 
 
@@ -24,14 +24,16 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, clock: Clock = utcnow) -> int:
     settings = load_settings()
     url = database_url(settings)
     migrate(url)
     engine = create_db_engine(url)
     try:
         # Purging needs no policy: only expiry times are read.
-        suppressions = Suppressions(engine, hasher_from_settings(settings), Policy(reason_hours={}))
+        suppressions = Suppressions(
+            engine, hasher_from_settings(settings), Policy(reason_hours={}), clock=clock
+        )
         deleted = suppressions.purge()
     except StorageError as exc:
         print(f"purge failed: {exc.message}", file=sys.stderr)

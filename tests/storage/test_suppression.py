@@ -7,7 +7,7 @@ import stat
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -402,9 +402,11 @@ def test_content_is_loaded_once_for_registry_policy_and_page(
 
 
 def test_purge_command_deletes_expired_records(make_app: Any, tmp_path: Path, capsys: Any) -> None:
-    from plugin.cli.main import main
+    import argparse
 
-    clock = Clock(datetime.now(UTC) - timedelta(hours=30))
+    from plugin.cli import purge
+
+    clock = Clock(START)
     app = make_suppression_app(make_app, clock)
     client = app.test_client()
     cards = call(client, ["notify-municipal-doctor", "respirator"])
@@ -413,14 +415,26 @@ def test_purge_command_deletes_expired_records(make_app: Any, tmp_path: Path, ca
     assert app.extensions["cds_suppression"].active_count() == 2
 
     env = {"CDS_DATA_DIR": str(tmp_path), "CDS_DATABASE_URL": "", "CDS_PATIENT_HASH_SECRET": ""}
+    later = Clock(START + timedelta(hours=30))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        assert purge.run(argparse.Namespace(), clock=later) == 0
+    assert "deleted 1 expired record(s)" in capsys.readouterr().out
+    # The 720-hour suppression is still there; the 24-hour one, 30 hours old, is gone.
+    clock.now = later.now
+    assert app.extensions["cds_suppression"].active_count() == 1
+
+
+def test_purge_command_runs_from_the_command_line(tmp_path: Path, capsys: Any) -> None:
+    from plugin.cli.main import main
+
+    env = {"CDS_DATA_DIR": str(tmp_path), "CDS_DATABASE_URL": "", "CDS_PATIENT_HASH_SECRET": ""}
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
         assert main(["purge-suppressions"]) == 0
-    assert "deleted 1 expired record(s)" in capsys.readouterr().out
-    # The 720-hour suppression is still there; the 24-hour one, 30 hours old, is gone.
-    clock.now = datetime.now(UTC)
-    assert app.extensions["cds_suppression"].active_count() == 1
+    assert "deleted 0 expired record(s)" in capsys.readouterr().out
 
 
 def test_concurrent_calls_and_overrides_over_two_instances(make_app: Any) -> None:
