@@ -7,6 +7,8 @@ wrk (peak throughput, p50/p99 at peak) and with bench/rate.py (p50/p99 at a
 constant rate: half of the scenario's peak; for the reference, the typical
 call's half-peak rate, so the two latencies are taken under the same load) for:
 
+- ``nocard``: patient-view for a patient without m-kopper (what nearly every real call is),
+  all prefetch in the request: the call answers no card;
 - ``prefetch``: patient-view for a typical patient, all prefetch in the request;
 - ``fetch``: the same patient without prefetch, fetched from the FHIR server on loopback;
 - ``large``: patient-view with prefetch for the large synthetic record;
@@ -53,6 +55,9 @@ LUA = Path(__file__).resolve().parent / "post.lua"
 FHIR_TOKEN = "bench-fhir-token"  # noqa: S105 - the test server's own token, not a secret
 TYPICAL = "mk-suspected-emergency-respiratory"
 LARGE = "mk-large-record"
+NO_CARD = "mk-control"
+# What each scenario must answer, so that it measures what its name says.
+CARDS_EXPECTED = {"nocard": False, "prefetch": True, "fetch": True, "large": True}
 READY_TIMEOUT_S = 60.0
 
 
@@ -341,6 +346,9 @@ def measure_or_fail(
     status, answer = http_json("POST", url, body)
     if status != 200:
         raise ScenarioError(f"{name}: the call answered {status}: {json.dumps(answer)[:500]}")
+    wanted = CARDS_EXPECTED.get(name)
+    if wanted is not None and bool(answer.get("cards")) != wanted:
+        raise ScenarioError(f"{name}: expected {'cards' if wanted else 'no card'}, got {answer}")
     run_wrk(url, body_file, 1, args.connections)  # warm-up: caches, lazy imports, connections
     peak = run_wrk(url, body_file, args.duration, args.connections)
     if peak["non_2xx"] or peak["socket_errors"]:
@@ -435,6 +443,7 @@ def bench_once(args: argparse.Namespace, fhir: FhirTestServer, tmp: Path) -> dic
         prefetch = chosen.get("prefetch") or {}
         typical = patient_context(args.patient)
         large = patient_context(LARGE)
+        control = patient_context(NO_CARD)
         print(
             f"service {chosen['id']} ({args.worker_class}, {args.workers} workers, "
             f"{args.threads} threads), ready in {service.ready_s:.2f} s; "
@@ -443,6 +452,7 @@ def bench_once(args: argparse.Namespace, fhir: FhirTestServer, tmp: Path) -> dic
         )
         figures = [
             measure("prefetch", url, hook_body(typical, fhir, prefetch, True), args),
+            measure("nocard", url, hook_body(control, fhir, prefetch, True), args),
             measure("fetch", url, hook_body(typical, fhir, prefetch, False), args),
         ]
         if not args.skip_large:
@@ -545,6 +555,7 @@ def main() -> int:
         try:
             load_patient(fhir, args.patient)
             load_patient(fhir, LARGE)
+            load_patient(fhir, NO_CARD)
             for kind, count in configs:
                 args.worker_class, args.workers = kind, count
                 repeats = []
