@@ -25,6 +25,8 @@ from pydantic import (
 
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
 Indicator = Literal["info", "warning", "critical"]
+# How urgent each indicator is, most urgent first (CDS Hooks 2.0.1: critical, warning, info).
+URGENCY: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
 SUMMARY_MAX = 140  # "<140 characters" in the spec
 
 

@@ -20,11 +20,10 @@ from pathlib import Path
 from markupsafe import Markup, escape
 
 from cds_hooks.knowledge import LANGUAGES, Language
-from cds_hooks.models import Card
+from cds_hooks.models import URGENCY, Card
 from cds_hooks.services import IssuedCard
 
 TEXT_FILE = Path(__file__).with_name("text.toml")
-INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
 
 _LIST_ITEM = re.compile(r"^\s*[-*]\s+(.*)$")
 _LINK = re.compile(r"\[([^\]\n]+)\]\((https://[^\s)]+)\)")
@@ -152,4 +151,4 @@ def card_view(item: IssuedCard) -> CardView:
 
 def most_urgent_first(cards: Iterable[Card]) -> list[Card]:
     """Stable sort by indicator: the services' own order holds within one urgency."""
-    return sorted(cards, key=lambda card: INDICATOR_RANK.get(card.indicator, 3))
+    return sorted(cards, key=lambda card: URGENCY[card.indicator])
