@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -16,20 +14,10 @@ from werkzeug.serving import make_server
 
 from plugin.storage.schema import suppressions
 from tests.admin.test_admin import NOW, PASSWORD, dashboard_app, seed
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, require_browser
 from tests.support.paths import ROOT
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "screenshots" / "admin-feedback.png"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # (kind, cards per day, share accepted, share overridden, override reasons)
 TRAFFIC = [
     ("notify-municipal-doctor", 6, 0.3, 0.5, ["already-notified", "postpone-24h"]),
@@ -46,21 +34,6 @@ ACTIVE_SUPPRESSIONS = [
     ("respirator", 5),
     ("respirator", -1),
 ]
-
-
-def need_browser() -> None:
-    missing = None
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        missing = "Debian chromium is not installed"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            missing = "playwright (Python) is not installed"
-    if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the browser test: {missing}")
-        pytest.skip(missing)
 
 
 def synthetic_traffic(today: datetime) -> list[tuple[Any, str, str | None, str | None]]:
@@ -115,14 +88,14 @@ def server(make_app: Any) -> Iterator[str]:
 
 @pytest.mark.browser
 def test_dashboard_in_chromium(server: str, tmp_path: Path) -> None:
-    need_browser()
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     problems: list[str] = []
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
+            executable_path=str(CHROMIUM),
             headless=True,
             args=CHROMIUM_ARGS,
             http_credentials={"username": "admin", "password": PASSWORD},

@@ -14,13 +14,11 @@ Skipped without /usr/bin/chromium or Playwright, except when ``CI=true``.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,6 +28,7 @@ from werkzeug.serving import make_server
 
 from plugin import create_app
 from tests.support import fhirserver
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, require_browser
 from tests.support.fhirserver import FhirTestServer
 from tests.support.paths import ROOT
 from tests.support.smart_auth_server import IssuedToken, QuietHandler, SmartEhr
@@ -41,36 +40,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.fhir_server]
 
 PATIENTS = ROOT / "fhir_profiles" / "patients"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-# Chromium as root in a container: no sandbox, and nothing that phones home.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SUSPECTED_OUTPATIENT = "mk-suspected-outpatient"
 CONFIRMED_INPATIENT = "mk-confirmed-inpatient"
-
-
-def require_browser() -> None:
-    reason = None
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is not installed (Debian package chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            reason = "Playwright for Python is not installed"
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"browser test cannot run in CI: {reason}")
-    pytest.skip(reason)
 
 
 @dataclass
