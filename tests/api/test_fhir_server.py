@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -200,3 +201,145 @@ def test_profiles_from_directory_are_enforced(profiled_server: FhirTestServer) -
     assert not [i for i in with_gender["issue"] if i["severity"] == "error"]
     status, _ = profiled_server.request("PUT", "/Patient/x", {**without, "id": "x"})
     assert status == 400
+
+
+# --- For browser clients: CORS and search by POST (the CDS Hooks Sandbox) -----------------------
+
+SANDBOX = "https://sandbox.cds-hooks.org"
+CORS_TOKEN = "cors-test-token"
+
+
+@pytest.fixture(scope="module")
+def cors_server() -> Iterator[FhirTestServer]:
+    require_server()
+    server = FhirTestServer(token=CORS_TOKEN, cors_origins=[SANDBOX]).start()
+    server.load([_condition("c-cors", "p-cors", SNOMED, "359814004")])
+    yield server
+    server.stop()
+
+
+def raw(
+    server: FhirTestServer,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(server.base_url + path, data=body, method=method)
+    for name, value in headers.items():
+        req.add_header(name, value)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_preflight_from_a_configured_origin_is_allowed_without_a_token(
+    cors_server: FhirTestServer,
+) -> None:
+    status, headers, _ = raw(
+        cors_server,
+        "OPTIONS",
+        "/Condition",
+        {
+            "Origin": SANDBOX,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert status == 204
+    assert headers["Access-Control-Allow-Origin"] == SANDBOX
+    assert "Authorization" in headers["Access-Control-Allow-Headers"]
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+
+
+def test_a_configured_origin_reads_with_cors_headers(cors_server: FhirTestServer) -> None:
+    status, headers, body = raw(
+        cors_server,
+        "GET",
+        "/Condition?patient=p-cors",
+        {"Origin": SANDBOX, "Authorization": f"Bearer {CORS_TOKEN}"},
+    )
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == SANDBOX
+    assert "Origin" in headers["Vary"]
+    assert b"c-cors" in body
+
+
+def test_another_origin_gets_no_cors_header(cors_server: FhirTestServer) -> None:
+    for method, extra in (("OPTIONS", {"Access-Control-Request-Method": "GET"}), ("GET", {})):
+        status, headers, _ = raw(
+            cors_server,
+            method,
+            "/Condition?patient=p-cors",
+            {
+                "Origin": "https://attacker.example",
+                "Authorization": f"Bearer {CORS_TOKEN}",
+                **extra,
+            },
+        )
+        assert status in (200, 204)
+        assert "Access-Control-Allow-Origin" not in headers
+
+
+def test_no_origin_is_allowed_by_default(fhir_server: FhirTestServer) -> None:
+    status, headers, _ = raw(
+        fhir_server,
+        "OPTIONS",
+        "/Condition",
+        {"Origin": SANDBOX, "Access-Control-Request-Method": "GET"},
+    )
+    assert status == 204
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+def test_search_by_post_with_a_form_body_is_the_same_search(cors_server: FhirTestServer) -> None:
+    auth = {"Authorization": f"Bearer {CORS_TOKEN}"}
+    _, _, by_get = raw(cors_server, "GET", "/Condition?patient=p-cors", auth)
+    status, _, by_post = raw(
+        cors_server,
+        "POST",
+        "/Condition/_search",
+        {**auth, "Content-Type": "application/x-www-form-urlencoded"},
+        b"patient=p-cors",
+    )
+    assert status == 200
+    got = json.loads(by_post)
+    assert got["type"] == "searchset"
+    assert [e["resource"]["id"] for e in got["entry"]] == ["c-cors"]
+    expected = json.loads(by_get)
+    assert [e["resource"]["id"] for e in got["entry"]] == [
+        e["resource"]["id"] for e in expected["entry"]
+    ]
+    # Nothing matches another patient: the body's parameters are applied, not ignored.
+    _, _, none = raw(
+        cors_server,
+        "POST",
+        "/Condition/_search",
+        {**auth, "Content-Type": "application/x-www-form-urlencoded"},
+        b"patient=someone-else",
+    )
+    assert json.loads(none).get("entry", []) == []
+
+
+def test_search_by_post_needs_a_form_body_and_the_token(cors_server: FhirTestServer) -> None:
+    status, _, _ = raw(
+        cors_server,
+        "POST",
+        "/Condition/_search",
+        {"Authorization": f"Bearer {CORS_TOKEN}", "Content-Type": "application/json"},
+        b'{"patient": "p-cors"}',
+    )
+    assert status == 415
+    status, _, _ = raw(
+        cors_server,
+        "POST",
+        "/Condition/_search",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        b"patient=p-cors",
+    )
+    assert status == 401

@@ -25,6 +25,14 @@ const PORT = Number.parseInt(process.argv[2] || process.env.FHIR_TEST_PORT || '0
 const TOKEN = process.env.FHIR_TEST_TOKEN || '';
 const PROFILES_DIR = process.env.FHIR_TEST_PROFILES_DIR || '';
 const VALIDATE_ON_WRITE = (process.env.FHIR_TEST_VALIDATE_ON_WRITE || '1') !== '0';
+// Browser origins allowed to call this server (comma-separated; empty: none), e.g. the CDS Hooks
+// Sandbox's, so that a browser-based client can read the test patients.
+const CORS_ORIGINS = new Set(
+  (process.env.FHIR_TEST_CORS_ORIGINS || '')
+    .split(',')
+    .map((o) => o.trim())
+    .filter(Boolean),
+);
 const MAX_BODY_BYTES = 50 * 1024 * 1024;
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 
@@ -241,11 +249,38 @@ function checkToken(req) {
   return header.slice('Bearer '.length) === TOKEN ? undefined : 403;
 }
 
+// CORS for the configured origins only. A preflight is answered before the token check (a
+// browser sends it without credentials); an origin not configured gets no CORS header at all.
+function applyCors(req, res) {
+  const origin = req.headers.origin;
+  if (!origin || !CORS_ORIGINS.has(origin)) return false;
+  res.setHeader('Access-Control-Allow-Origin', origin);
+  res.setHeader('Vary', 'Origin');
+  res.setHeader('Access-Control-Expose-Headers', 'Location, ETag, Content-Location');
+  return true;
+}
+
+function isPreflight(req, method) {
+  return method === 'OPTIONS' && Boolean(req.headers['access-control-request-method']);
+}
+
 async function handle(req, res) {
-  const url = new URL(req.url || '/', 'http://localhost');
+  let url = new URL(req.url || '/', 'http://localhost');
   const base = `http://${req.headers.host || `${HOST}:${PORT}`}`;
-  const method = (req.method || 'GET').toUpperCase();
-  const path = url.pathname.replace(/\/+$/, '') || '/';
+  let method = (req.method || 'GET').toUpperCase();
+  let path = url.pathname.replace(/\/+$/, '') || '/';
+
+  const corsAllowed = applyCors(req, res);
+  if (isPreflight(req, method)) {
+    if (corsAllowed) {
+      res.setHeader('Access-Control-Allow-Methods', 'GET, POST, PUT, DELETE, OPTIONS');
+      res.setHeader('Access-Control-Allow-Headers', 'Authorization, Content-Type, Accept, Prefer');
+      res.setHeader('Access-Control-Max-Age', '600');
+    }
+    res.writeHead(204);
+    res.end();
+    return;
+  }
 
   const refused = checkToken(req);
   if (refused === 401) {
@@ -273,7 +308,21 @@ async function handle(req, res) {
   let body;
   if (method === 'POST' || method === 'PUT' || method === 'PATCH') {
     const text = await readBody(req);
-    if (text) {
+    // Search by POST (FHIR R4 http.html#search): [base]/[type]/_search with the parameters as a
+    // form-encoded body, joined to any in the URL, is the same search as a GET.
+    const search = method === 'POST' && /^(\/[A-Za-z]+)?\/_search$/.exec(path);
+    if (search) {
+      const type = (req.headers['content-type'] || '').split(';')[0].trim().toLowerCase();
+      if (text && type !== 'application/x-www-form-urlencoded') {
+        send(res, 415, badRequest('A search by POST takes an application/x-www-form-urlencoded body'));
+        return;
+      }
+      const params = new URLSearchParams(url.search);
+      for (const [name, value] of new URLSearchParams(text || '')) params.append(name, value);
+      path = search[1] || '/';
+      method = 'GET';
+      url = new URL(`${path}?${params.toString()}`, 'http://localhost');
+    } else if (text) {
       try {
         body = JSON.parse(text);
       } catch {
