@@ -167,7 +167,10 @@ def _acceptable_endpoint(url: object) -> bool:
 
 def _secure_cookies() -> bool:
     # Secure everywhere except plain http on a loopback address (tests, `make run`), where a
-    # browser would drop a Secure cookie. Behind a TLS proxy the host is public, so Secure holds.
+    # browser would drop a Secure cookie. An https CDS_PUBLIC_URL settles it whatever Host
+    # header or scheme a proxy forwards: the browser is on https, so Secure holds.
+    if str(current_app.config["CDS_PUBLIC_URL"]).startswith("https://"):
+        return True
     return not (request.scheme == "http" and _is_loopback(urlsplit(request.host_url).hostname))
 
 

@@ -389,6 +389,19 @@ def test_secure_cookie_decision(make_app: Any, base_url: str, secure: bool) -> N
     assert cookie.startswith("__Host-") is secure
 
 
+@pytest.mark.parametrize("forwarded_host", ["http://127.0.0.1:8080", "http://localhost"])
+def test_an_https_public_url_keeps_cookies_secure_whatever_the_proxy_forwards(
+    make_app: Any, forwarded_host: str
+) -> None:
+    # A proxy that forwards plain http and a loopback Host (a common default) must not turn
+    # the browser's cookies into plain ones: the browser is on the https public URL.
+    app = make_app(CDS_REGISTRY=fake_registry(), CDS_PUBLIC_URL="https://cds.example.org")
+    response = app.test_client().get("/smart/", base_url=forwarded_host)
+    cookie = response.headers["Set-Cookie"]
+    assert "Secure" in cookie
+    assert cookie.startswith("__Host-")
+
+
 def test_english_error_page(make_app: Any) -> None:
     app = make_app(CDS_REGISTRY=fake_registry(), CDS_LANGUAGE="en")
     html = app.test_client().get("/smart/").get_data(as_text=True)
