@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import hmac
 import io
-import ipaddress
 from datetime import date
 
 from flask import Blueprint, Flask, Response, current_app, render_template, request
@@ -28,8 +27,8 @@ from plugin.admin.report import (
     daily_chart,
     reasons_chart,
 )
-from plugin.config import as_bool
 from plugin.errors import error_response
+from plugin.security.auth import from_loopback
 from plugin.storage.suppression import get_suppressions
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
@@ -49,13 +48,6 @@ class AdminLoginRequired(Unauthorized):
     default_message = "The dashboard needs the admin user name and password."
 
 
-def _is_loopback(address: str | None) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
 def _credentials_match(user: str, password: str) -> bool:
     config = current_app.config
     expected_user = str(config.get("CDS_ADMIN_USER") or "").encode("utf-8")
@@ -70,9 +62,9 @@ def _credentials_match(user: str, password: str) -> bool:
 def require_admin() -> Response | None:
     config = current_app.config
     try:
-        if not as_bool(config.get("CDS_ADMIN_ALLOW_REMOTE")) and not _is_loopback(
-            request.remote_addr
-        ):
+        # The same rule as for unsigned calls: a request a proxy forwarded came from elsewhere,
+        # even when the proxy itself connects from loopback.
+        if not config["CDS_ADMIN_ALLOW_REMOTE"] and not from_loopback(request):
             raise Forbidden("The dashboard is served to loopback addresses only.")
         if len(str(config.get("CDS_ADMIN_PASSWORD") or "")) < MIN_PASSWORD_LENGTH:
             raise Forbidden(

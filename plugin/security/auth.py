@@ -236,7 +236,8 @@ def expected_audience(request: Request, public_url: str) -> str:
     return request.base_url
 
 
-def _from_loopback(request: Request) -> bool:
+def from_loopback(request: Request) -> bool:
+    """A request from a loopback address that no proxy forwarded."""
     if any(name in request.headers for name in PROXY_HEADERS):
         return False
     try:
@@ -275,7 +276,7 @@ def authenticate(request: Request) -> Caller | None:
     """The verified caller, or ``None`` for an unsigned development call from loopback."""
     header = request.headers.get("Authorization")
     if header is None:
-        if as_bool(current_app.config["CDS_ALLOW_UNSIGNED"]) and _from_loopback(request):
+        if as_bool(current_app.config["CDS_ALLOW_UNSIGNED"]) and from_loopback(request):
             return None
         log.warning("JWT rejected: no Authorization header")
         raise Unauthorized("A signed JWT is required (Authorization: Bearer).")

@@ -125,6 +125,26 @@ def test_remote_addresses_are_refused_unless_allowed(make_app: Any) -> None:
     assert allowed.get("/admin/feedback", environ_base=remote).status_code == 401
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"X-Forwarded-For": "203.0.113.9"},
+        {"Forwarded": "for=203.0.113.9"},
+        {"X-Real-IP": "203.0.113.9"},
+        {"X-Forwarded-For": "127.0.0.1"},  # forged: a forwarded request came from elsewhere
+    ],
+)
+def test_a_request_forwarded_by_a_local_proxy_is_not_a_loopback_client(
+    make_app: Any, header: dict[str, str]
+) -> None:
+    # The proxy connects from loopback, but the client it forwards for is elsewhere: the rule
+    # is the one auth applies to unsigned calls.
+    client = dashboard_app(make_app).test_client()
+    response = client.get("/admin/feedback", headers={**basic(), **header})
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "forbidden"
+
+
 def test_page_has_a_strict_policy_and_no_inline_code(make_app: Any) -> None:
     client = dashboard_app(make_app).test_client()
     response = client.get("/admin/feedback", headers=basic())
