@@ -1,4 +1,4 @@
-"""Release hygiene: one version source, an SPDX licence with its text, locks that cover pyproject."""
+"""Release hygiene: one version source, an SPDX licence with its text, locks covering pyproject."""
 
 from __future__ import annotations
 

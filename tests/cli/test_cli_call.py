@@ -330,11 +330,8 @@ def test_a_patient_the_fhir_server_does_not_have_is_not_no_cards(
 ) -> None:
     fhir.get(f"{FHIR}/Patient/typo-42", status=status, json={"resourceType": "OperationOutcome"})
     fhir.get(f"{FHIR}/Condition", json=bundle())
-    code, out, err = run_command(
-        ["call", "patient-view", "--patient", "typo-42", "--fhir-server", FHIR]
-        + ["--service", service, *extra],
-        capsys,
-    )
+    argv = ["call", "patient-view", "--patient", "typo-42", "--fhir-server", FHIR]
+    code, out, err = run_command([*argv, "--service", service, *extra], capsys)
     assert code == EXIT_NOT_FOUND
     err = " ".join(err.split())  # the terminal wraps long lines
     assert f"patient not found (HTTP {status})" in err and "--patient" in err
