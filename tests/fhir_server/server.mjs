@@ -27,6 +27,13 @@ const PROFILES_DIR = process.env.FHIR_TEST_PROFILES_DIR || '';
 const VALIDATE_ON_WRITE = (process.env.FHIR_TEST_VALIDATE_ON_WRITE || '1') !== '0';
 const MAX_BODY_BYTES = 50 * 1024 * 1024;
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+// Browser origins (the CDS Hooks Sandbox, a SMART app) allowed to read this server; empty: none.
+const CORS_ORIGINS = new Set(
+  (process.env.FHIR_TEST_CORS_ORIGINS || '')
+    .split(',')
+    .map((origin) => origin.trim())
+    .filter(Boolean),
+);
 
 // --- Definitions -------------------------------------------------------------
 
@@ -241,11 +248,39 @@ function checkToken(req) {
   return header.slice('Bearer '.length) === TOKEN ? undefined : 403;
 }
 
+/** CORS for an allowed origin; true when the request was a preflight and is answered. */
+function cors(req, res, method) {
+  const origin = req.headers.origin;
+  const preflight = method === 'OPTIONS' && req.headers['access-control-request-method'];
+  if (!origin || !CORS_ORIGINS.has(origin)) {
+    if (preflight) {
+      res.writeHead(403);
+      res.end();
+    }
+    return Boolean(preflight);
+  }
+  res.setHeader('Access-Control-Allow-Origin', origin);
+  res.setHeader('Vary', 'Origin');
+  res.setHeader('Access-Control-Expose-Headers', 'Location, Content-Location, ETag');
+  if (!preflight) return false;
+  res.setHeader('Access-Control-Allow-Methods', 'GET, POST, PUT, OPTIONS');
+  res.setHeader(
+    'Access-Control-Allow-Headers',
+    req.headers['access-control-request-headers'] || 'Authorization, Content-Type, Accept',
+  );
+  res.setHeader('Access-Control-Max-Age', '600');
+  res.writeHead(204);
+  res.end();
+  return true;
+}
+
 async function handle(req, res) {
-  const url = new URL(req.url || '/', 'http://localhost');
+  let url = new URL(req.url || '/', 'http://localhost');
   const base = `http://${req.headers.host || `${HOST}:${PORT}`}`;
-  const method = (req.method || 'GET').toUpperCase();
-  const path = url.pathname.replace(/\/+$/, '') || '/';
+  let method = (req.method || 'GET').toUpperCase();
+  let path = url.pathname.replace(/\/+$/, '') || '/';
+
+  if (cors(req, res, method)) return;
 
   const refused = checkToken(req);
   if (refused === 401) {
@@ -268,6 +303,23 @@ async function handle(req, res) {
   if (method === 'GET' && path === '/metadata') {
     send(res, 200, capabilityStatement(base));
     return;
+  }
+
+  // FHIR R4 search by POST: `Type/_search` with a form-encoded body is the same search as a GET
+  // with the body's parameters added to the query (the CDS Hooks Sandbox searches this way).
+  const postSearch = /^\/([A-Za-z]+)\/_search$/.exec(path);
+  if (method === 'POST' && postSearch) {
+    const type = String(req.headers['content-type'] || '').split(';')[0].trim();
+    const text = await readBody(req);
+    if (text && type !== 'application/x-www-form-urlencoded') {
+      send(res, 415, badRequest('POST _search needs an application/x-www-form-urlencoded body'));
+      return;
+    }
+    const params = new URLSearchParams(url.search);
+    for (const [key, value] of new URLSearchParams(text || '')) params.append(key, value);
+    method = 'GET';
+    path = `/${postSearch[1]}`;
+    url = new URL(`${path}?${params.toString()}`, 'http://localhost');
   }
 
   let body;

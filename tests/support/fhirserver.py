@@ -52,9 +52,15 @@ class FhirTestServer:
     """A running ``server.mjs`` process and a few helpers to load data into it."""
 
     def __init__(
-        self, *, token: str = "", profiles_dir: Path | None = None, validate_on_write: bool = True
+        self,
+        *,
+        token: str = "",
+        profiles_dir: Path | None = None,
+        validate_on_write: bool = True,
+        cors_origins: str = "",
     ) -> None:
         self.token = token
+        self.cors_origins = cors_origins
         self.profiles_dir = profiles_dir
         self.validate_on_write = validate_on_write
         self.base_url = ""
@@ -71,6 +77,7 @@ class FhirTestServer:
         env = dict(os.environ)
         env["FHIR_TEST_PORT"] = "0"
         env["FHIR_TEST_TOKEN"] = self.token
+        env["FHIR_TEST_CORS_ORIGINS"] = self.cors_origins
         env["FHIR_TEST_VALIDATE_ON_WRITE"] = "1" if self.validate_on_write else "0"
         if self.profiles_dir is not None:
             env["FHIR_TEST_PROFILES_DIR"] = str(self.profiles_dir)
