@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import traceback
+from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cds_hooks.errors import (
@@ -30,8 +31,54 @@ _HTTP_TO_ERROR: dict[int, type[CdsError]] = {
 }
 
 
+FHIR_JSON = "application/fhir+json"
+# FHIR issue-type codes (http://hl7.org/fhir/issue-type) for each HTTP status.
+_ISSUE_TYPE: dict[int, str] = {
+    400: "invalid",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    405: "not-supported",
+    412: "incomplete",
+    413: "too-long",
+    415: "not-supported",
+    429: "throttled",
+}
+
+
+def wants_fhir_json() -> bool:
+    """The client asked for application/fhir+json over plain JSON (CDS Hooks 3.0 ballot)."""
+    accept = request.accept_mimetypes
+    named = any(mimetype == FHIR_JSON and quality > 0 for mimetype, quality in accept)
+    return named and accept[FHIR_JSON] >= accept["application/json"]
+
+
+def operation_outcome(error: CdsError, body: dict[str, Any]) -> dict[str, Any]:
+    """The same error as a FHIR R4 OperationOutcome: one issue, details per named field."""
+    inner = body.get("error") or {}
+    issue: dict[str, Any] = {
+        "severity": "error" if error.status < 500 else "fatal",
+        "code": _ISSUE_TYPE.get(error.status, "exception"),
+        "details": {"text": str(inner.get("message") or error.message)},
+        "diagnostics": str(inner.get("code") or error.code),
+    }
+    fields = [
+        str(item.get("path") or item.get("field"))
+        for item in inner.get("details") or []
+        if isinstance(item, dict) and (item.get("path") or item.get("field"))
+    ]
+    if fields:
+        issue["expression"] = fields
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
 def error_response(error: CdsError) -> Response:
-    response = jsonify(error.to_json())
+    body = error.to_json()
+    if wants_fhir_json():
+        response = jsonify(operation_outcome(error, body))
+        response.mimetype = FHIR_JSON
+    else:
+        response = jsonify(body)
     response.status_code = error.status
     if isinstance(error, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'

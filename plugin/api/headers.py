@@ -12,11 +12,16 @@ from __future__ import annotations
 
 from flask import Flask, Response, current_app, request
 
+from plugin.version import CDS_HOOKS_VERSION, __version__
+
 COMMON: dict[str, str] = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     # Answers carry patient-derived advice: no shared or browser cache may keep them.
     "Cache-Control": "no-store",
+    # The release and the CDS Hooks version it implements (CDS Hooks 3.0 ballot: advertise it).
+    "X-CDS-Hooks-Version": CDS_HOOKS_VERSION,
+    "X-Mkopper-CDS-Version": __version__,
 }
 API: dict[str, str] = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; "

@@ -8,7 +8,8 @@ its own key pair (see :mod:`plugin.cli.client_key`), posts it and prints the car
 
 Exit codes: 0 the service answered (with cards or without), 1 the service
 answered with an error or with something that is not a CDS Hooks response,
-2 usage, 3 a server could not be reached, 4 a server refused the JWT or token.
+2 usage, 3 a server could not be reached, 4 a server refused the JWT or token,
+5 the FHIR server has no patient with that id (a wrong id is not "no cards").
 """
 
 from __future__ import annotations
@@ -257,8 +258,9 @@ def call(args: argparse.Namespace, settings: dict[str, Any], out: Console, err: 
         service_id = str(service.get("id"))
         templates = service.get("prefetch") or {}
         prefetch: dict[str, Any] | None = None
+        reader = PrefetchReader(session, fhir_server, token)
+        reader.require_patient(call_input.patient)
         if not args.no_prefetch and templates:
-            reader = PrefetchReader(session, fhir_server, token)
             fetched = reader.read_all(templates, context)
             for note in fetched.notes:
                 err.print(escape(note), style="yellow")

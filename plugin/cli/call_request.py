@@ -18,13 +18,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import requests
 
 from cds_hooks.fhir import bundle_resources, next_link, same_base
 from cds_hooks.prefetch import UnfillableTemplate, fill_template
 from plugin.cli.http import (
+    EXIT_NOT_FOUND,
     EXIT_UNAUTHORIZED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
@@ -246,6 +247,31 @@ class PrefetchReader:
         self.headers = {"Accept": FHIR_JSON}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
+
+    def require_patient(self, patient_id: str) -> None:
+        """Stop with a clear error when the FHIR server has no such Patient.
+
+        A mistyped id would otherwise give an empty prefetch and "no cards", exactly what
+        a healthy patient gives. The message names the server, never the id.
+        """
+        what = f"FHIR server {self.base_url}"
+        url = f"{self.base_url}/Patient/{quote(patient_id, safe='')}"
+        response = send(
+            self.session, "GET", url, what=what, headers=self.headers, timeout=PREFETCH_TIMEOUT
+        )
+        status = response.status_code
+        if status in (401, 403):
+            raise CommandError(
+                f"{what}: the FHIR server refused the token (HTTP {status}); "
+                "give it with --fhir-token or CDS_FHIR_TOKEN",
+                EXIT_UNAUTHORIZED,
+            )
+        if status in (404, 410):
+            raise CommandError(
+                f"{what}: patient not found (HTTP {status}); check --patient "
+                "(`mkopper-cds seed` prints the synthetic patients' ids)",
+                EXIT_NOT_FOUND,
+            )
 
     def read_all(self, templates: Mapping[str, str], context: Mapping[str, Any]) -> Prefetch:
         result = Prefetch()

@@ -20,6 +20,7 @@ EXIT_REFUSED = 1  # the server answered, with an error or with something unusabl
 EXIT_USAGE = 2  # as argparse: the command line does not make sense
 EXIT_UNREACHABLE = 3  # no answer: refused connection, unknown host, timeout, TLS failure
 EXIT_UNAUTHORIZED = 4  # 401/403: the token or the JWT was not accepted
+EXIT_NOT_FOUND = 5  # the FHIR server has no such patient (404/410): a wrong id, not "no cards"
 
 # (connect, read) in seconds. Loading the large synthetic record takes a FHIR
 # server a while; a CDS call should answer in well under a second, but a cold

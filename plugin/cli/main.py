@@ -1,22 +1,25 @@
-"""The `mkopper-cds` command line. Each sub-command module offers ``register(subparsers)``."""
+"""The `mkopper-cds` command line: one module per sub-command, each a :class:`Command`."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any, Protocol
 
-# Modules that add sub-commands; each has register(subparsers) -> None and sets
-# `func` (args -> exit code) on its parser.
-COMMAND_MODULES: tuple[str, ...] = (
-    "plugin.cli.serve",
-    "plugin.cli.check_content",
-    "plugin.cli.contract_doc",
-    "plugin.cli.seed",
-    "plugin.cli.call",
-    "plugin.cli.purge",
-)
+from plugin.cli import call, check_content, contract_doc, demo, purge, seed, serve
+from plugin.version import CDS_HOOKS_VERSION, __version__
+
+
+class Command(Protocol):
+    """A sub-command module: ``register`` adds its parser and sets ``func`` (args -> exit code)."""
+
+    def register(self, subparsers: Any) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+COMMANDS: tuple[Command, ...] = (serve, check_content, contract_doc, seed, call, demo, purge)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,9 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mkopper-cds",
         description="CDS Hooks service for Helse Bergen's m-kopper guideline.",
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__} (CDS Hooks {CDS_HOOKS_VERSION})",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 

@@ -22,6 +22,7 @@ from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData,
 from plugin.cli.call_request import HOOKS, CallInput, build_context, parse_code
 from plugin.cli.client_key import load_or_create
 from plugin.cli.http import (
+    EXIT_NOT_FOUND,
     EXIT_REFUSED,
     EXIT_UNAUTHORIZED,
     EXIT_UNREACHABLE,
@@ -106,12 +107,19 @@ def service(make_app: Any, tmp_path: Path, client_dir: Path, recorder: Recorder)
 def fhir() -> Iterator[responses.RequestsMock]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_passthru("http://127.0.0.1")
+        # `call` first reads the Patient, so that a wrong id is an error and not "no cards".
+        mock.get(f"{FHIR}/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
         yield mock
 
 
 def fhir_urls(mock: responses.RequestsMock) -> list[str]:
-    """The URLs asked of the FHIR server (the mock also sees the calls to the service)."""
-    return [c.request.url for c in mock.calls if str(c.request.url).startswith(FHIR)]
+    """The prefetch URLs asked of the FHIR server (the mock also sees the calls to the
+    service; the Patient read that checks the id is left out)."""
+    return [
+        c.request.url
+        for c in mock.calls
+        if str(c.request.url).startswith(FHIR) and c.request.url != f"{FHIR}/Patient/p1"
+    ]
 
 
 def condition(cid: str) -> dict[str, Any]:
@@ -236,8 +244,13 @@ def test_the_fhir_token_goes_to_the_fhir_server_and_the_service_only(
         capsys,
     )
     assert code == 0
-    (fhir_call,) = [c for c in fhir.calls if str(c.request.url).startswith(FHIR)]
-    assert fhir_call.request.headers["Authorization"] == f"Bearer {TOKEN}"
+    fhir_calls = [c for c in fhir.calls if str(c.request.url).startswith(FHIR)]
+    assert [c.request.url for c in fhir_calls] == [
+        f"{FHIR}/Patient/p1",
+        f"{FHIR}/Condition?patient=p1",
+    ]
+    for fhir_call in fhir_calls:
+        assert fhir_call.request.headers["Authorization"] == f"Bearer {TOKEN}"
     auth = recorder.requests[0].fhirAuthorization
     assert auth is not None and auth.access_token == TOKEN and auth.patient == "p1"
     assert "patient/Condition.read" in auth.scope
@@ -293,6 +306,27 @@ def test_data_the_service_cannot_get_is_a_clear_412(
     assert code == EXIT_REFUSED
     assert "(HTTP 412)" in err and "prefetchKey=conditions" in err
     assert out == ""
+
+
+@pytest.mark.parametrize("status", [404, 410])
+@pytest.mark.parametrize("extra", [[], ["--no-prefetch"]])
+def test_a_patient_the_fhir_server_does_not_have_is_not_no_cards(
+    service: str,
+    fhir: responses.RequestsMock,
+    recorder: Recorder,
+    capsys: Any,
+    status: int,
+    extra: list[str],
+) -> None:
+    fhir.get(f"{FHIR}/Patient/typo-42", status=status, json={"resourceType": "OperationOutcome"})
+    fhir.get(f"{FHIR}/Condition", json=searchset())
+    argv = ["call", "patient-view", "--patient", "typo-42", "--fhir-server", FHIR]
+    code, out, err = run_command([*argv, "--service", service, *extra], capsys)
+    assert code == EXIT_NOT_FOUND
+    err = " ".join(err.split())  # the terminal wraps long lines
+    assert f"patient not found (HTTP {status})" in err and "--patient" in err
+    assert "typo-42" not in err  # messages never name a patient id
+    assert "No cards" not in out and recorder.requests == []
 
 
 def test_an_untrusted_client_is_told_how_to_be_trusted(
@@ -382,6 +416,7 @@ def test_an_answer_that_is_not_cds_hooks_is_an_error(client_dir: Path, capsys: A
             f"{base}/cds-services",
             json={"services": [{"id": "odd", "hook": "patient-view", "description": "Odd."}]},
         )
+        mock.get(f"{FHIR}/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
         mock.post(f"{base}/cds-services/odd", json={"cards": [{"summary": "no indicator"}]})
         code, _out, err = run_command(
             ["call", "patient-view", "--patient", "p1", "--fhir-server", FHIR, "--service", base],
