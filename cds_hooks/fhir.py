@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 from fhir.resources.R4B import get_fhir_model_class
@@ -28,7 +28,8 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import HTTPError, ReadTimeoutError
+from urllib3.exceptions import HTTPError, LocationParseError, ReadTimeoutError
+from urllib3.util import parse_url
 
 from cds_hooks.errors import FhirAuthError, FhirError, FhirNotAllowed, FhirUnavailable
 
@@ -120,31 +121,68 @@ def warm_up() -> None:
         parse_resource(resource)
 
 
+def _parse(url: str, *, query: bool) -> tuple[str, str, int, str, str | None]:
+    """(scheme, host, port, path, query) of an http(s) URL, read by the parser that connects.
+
+    urllib3's ``parse_url`` is what requests hands the URL to, so the host checked here is the
+    host connected to. The standard library's reading must agree with it, and whatever the
+    two parsers could read differently is refused: backslashes, controls and spaces, user info,
+    a fragment or an empty query marker, and dot segments (urllib3 removes ``.`` and ``..``;
+    a percent-encoded one is refused, as a server might decode it).
+    """
+    if "\\" in url or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError("FHIR URL has a backslash, a space or a control character")
+    try:
+        parsed = parse_url(url)
+        split = urlsplit(url)
+        split_port = split.port
+    except (LocationParseError, ValueError):
+        raise ValueError("FHIR URL cannot be parsed (or has an invalid port)") from None
+    scheme = (parsed.scheme or "").lower()
+    if scheme not in DEFAULT_PORTS:
+        raise ValueError("FHIR URL must be http or https")
+    if parsed.auth is not None or "@" in (split.netloc or ""):
+        raise ValueError("FHIR URL must not carry user info")
+    if parsed.fragment is not None or "#" in url:
+        raise ValueError("FHIR URL must not carry a fragment")
+    if "?" in url and (not query or not parsed.query):
+        raise ValueError("FHIR base URL must not carry a query" if not query else "empty query")
+    host = (parsed.host or "").lower()
+    if not host:
+        raise ValueError("FHIR URL has no host")
+    if host.strip("[]") != (split.hostname or "").lower() or parsed.port != split_port:
+        raise ValueError("FHIR URL is read differently by two parsers")
+    port = parsed.port or DEFAULT_PORTS[scheme]
+    path = parsed.path or ""
+    if any(unquote(segment) in (".", "..") for segment in path.split("/")):
+        raise ValueError("FHIR URL has a dot segment")
+    return scheme, host, port, path, parsed.query
+
+
 def normalise_base(url: str) -> str:
     """A FHIR base URL in one comparable form: scheme, host, port, path without trailing slash.
 
     Raises ValueError for anything that is not a plain http(s) base (user info, query,
-    fragment), so a crafted ``fhirServer`` cannot slip past the allowlist comparison.
+    fragment, anything two URL parsers read differently), so a crafted ``fhirServer`` cannot
+    slip past the allowlist comparison.
     """
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise ValueError("FHIR base URL must be http or https")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("FHIR base URL must not carry user info")
-    if parts.query or parts.fragment:
-        raise ValueError("FHIR base URL must not carry a query or fragment")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise ValueError("FHIR base URL has no host")
+    scheme, host, port, path, _ = _parse(url.strip(), query=False)
+    return f"{scheme}://{host}:{port}{path.rstrip('/')}"
+
+
+def follow_link(url: str, base: str) -> str | None:
+    """``url`` (a ``next`` link, resolved) as it will be requested, if it lies under ``base``;
+    ``None`` when it leaves the base or cannot be read one way only."""
     try:
-        port = parts.port or DEFAULT_PORTS[scheme]
+        scheme, host, port, path, query = _parse(url, query=True)
+        root = normalise_base(base)
     except ValueError:
-        raise ValueError("FHIR base URL has an invalid port") from None
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    path = parts.path.rstrip("/")
-    return f"{scheme}://{host}:{port}{path}"
+        return None
+    target = f"{scheme}://{host}:{port}{path.rstrip('/')}"
+    if target != root and not target.startswith(root + "/"):
+        return None
+    authority = host if port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    return f"{scheme}://{authority}{path}" + (f"?{query}" if query else "")
 
 
 class Allowlist:
@@ -183,13 +221,7 @@ class Allowlist:
 
 def same_base(url: str, base: str) -> bool:
     """Whether ``url`` lies under ``base`` (same scheme, host, port and path prefix)."""
-    try:
-        parts = urlsplit(url)
-        target = normalise_base(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
-        root = normalise_base(base)
-    except ValueError:
-        return False
-    return target == root or target.startswith(root + "/")
+    return follow_link(url, base) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,12 +406,12 @@ class FhirClient:
             if pages >= self.limits.max_pages:
                 logger.warning("FHIR search stopped at the page cap (%d)", self.limits.max_pages)
                 return FetchResult(resources=resources, pages=pages, truncated=True)
-            next_url = urljoin(url, next_url)
-            if not same_base(next_url, base):
+            followed = follow_link(urljoin(url, next_url), base)
+            if followed is None:
                 # Following it would send the token to a server nobody allowed.
                 logger.warning("FHIR search next link leaves the fhirServer base; not followed")
                 return FetchResult(resources=resources, pages=pages, truncated=True)
-            url = next_url
+            url = followed
 
     def _get_json(self, url: str, token: str | None, deadline: float) -> dict[str, Any]:
         remaining = _remaining(deadline)

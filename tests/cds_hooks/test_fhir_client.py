@@ -20,6 +20,7 @@ from cds_hooks.fhir import (
     ClientLimits,
     FhirClient,
     bundle_resources,
+    follow_link,
     normalise_base,
     same_base,
 )
@@ -77,6 +78,51 @@ def test_normalise_base(url: str, expected: str) -> None:
 def test_normalise_base_refuses(url: str) -> None:
     with pytest.raises(ValueError):
         normalise_base(url)
+
+
+# URLs that two parsers read differently: the one that checks (urlsplit) and the one that
+# connects (urllib3). Each passed the allowlist once and connected somewhere else.
+PARSER_CONFUSION = [
+    # urlsplit reads the host as [::1]; urllib3 connects to 127.0.0.1:28099.
+    "http://127.0.0.1:28099\\[::1]:28090/fhir/R4",
+    "http://[::1]:28090\\@127.0.0.1:28099/fhir/R4",
+    "http://[::1]:28090/fhir/R4?",  # an empty query marker
+    "http://[::1]:28090/fhir/R4#",  # an empty fragment marker
+    "http://u@[::1]:28090/fhir/R4",  # user info, even without a password
+    "http://[::1]:28090/fhir/%2e%2e/R4",  # a dot segment a server may decode
+    "http://[::1]:28090/fhir R4",  # a space or a control inside
+    "http://[::1]:28090\t/fhir/R4",
+]
+
+
+@pytest.mark.parametrize("url", PARSER_CONFUSION)
+def test_urls_two_parsers_read_differently_are_refused(url: str) -> None:
+    allow = Allowlist(["http://[::1]:28090/fhir/R4", "http://127.0.0.1:28099/fhir/R4"])
+    assert not allow.allows(url)
+    with pytest.raises(ValueError):
+        normalise_base(url)
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://fhir.example.org/r4/../other/Condition?page=2",  # dot segments leave the base
+        "https://fhir.example.org/r4/%2E%2E/other/Condition?page=2",
+        "https://fhir.example.org\\@attacker.example.net/r4/Condition?page=2",
+        "https://attacker.example.net\\fhir.example.org/r4/Condition?page=2",
+        "https://fhir.example.org/r4/Condition?",
+        "https://token@fhir.example.org/r4/Condition?page=2",
+    ],
+)
+def test_next_links_that_leave_or_blur_the_base_are_not_followed(link: str) -> None:
+    assert follow_link(link, BASE) is None
+    assert not same_base(link, BASE)
+
+
+def test_a_next_link_is_requested_as_it_was_checked() -> None:
+    assert follow_link(f"{BASE}/./Condition?page=2", BASE) == (
+        "https://fhir.example.org/r4/Condition?page=2"
+    )
 
 
 def test_allowlist_compares_normalised_urls() -> None:
