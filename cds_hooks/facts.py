@@ -28,22 +28,80 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
 from cds_hooks.fhir import InvalidResource, parse_resource
-from cds_hooks.knowledge import Knowledge, ValueSetCodes
+from cds_hooks.knowledge import Knowledge, Matching, ValueSetCodes
 
 VER_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 CLINICAL_STATUS = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 
 # Free-text names of m-kopper (TERMINOLOGY.md): mpox, m-kopper (any hyphen), apekopp*,
 # monkeypox, MPXV. The left boundary keeps "vannkopper" and bare "kopper" out.
-TEXT_PATTERN = re.compile(
-    r"(?<!\w)(?:mpox|m[-\u2010\u2011]kopper|apekopp|monkeypox|mpxv)", re.IGNORECASE
+TEXT_PATTERN = re.compile(r"(?<!\w)(?:mpox|m[- ]?kopp[ae]r|apekopp|monkeypox|mpxv)")
+# Every dash people type (hyphen, non-breaking hyphen, figure/en/em dash, minus) reads as "-";
+# soft hyphens vanish.
+_DASHES: dict[int, str | None] = dict.fromkeys(
+    map(ord, "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"), "-"
 )
+_DASHES[0xAD] = None
+_WORD = re.compile(r"[^\W_]+(?:-[^\W_]+)*")
+# A comma ends it too: "Mistenkt mpox, negativ for HSV" is a suspected case.
+_SCOPE_END = re.compile(r"[.,;:!?()\n]|\b(?:men|but|og|and)\b")
+
+
+def normalise_text(text: str) -> str:
+    """Text as it is matched: NFKC, every dash a hyphen, no soft hyphen, lower case."""
+    return unicodedata.normalize("NFKC", text).translate(_DASHES).casefold()
+
+
+def _is_trigger(word: str, triggers: Iterable[str]) -> bool:
+    return any(word.startswith(t[:-1]) if t.endswith("*") else word == t for t in triggers)
+
+
+def text_names_mkopper(matching: Matching, text: str) -> bool:
+    """Free text names m-kopper, and no negation trigger stands near the name (NegEx-style).
+
+    "Mistenkt M–kopper" (en dash) and "m kopper" are names; "Mpox utelukket", "ikke mpox",
+    "vaksine mot mpox" are not cases; bare "kopper" and "vannkopper" never match.
+    """
+    return _mention(matching, text) is True
+
+
+def _mention(matching: Matching, text: str) -> bool | None:
+    """``True``: the text names m-kopper; ``False``: it names it only to rule it out;
+    ``None``: it does not name it."""
+    normal = normalise_text(text)
+    negated = False
+    window = matching.negation_window_words
+    for found in TEXT_PATTERN.finditer(normal):
+        # A trigger's scope ends at a sentence or clause boundary ("Ikke feber. Mpox?").
+        before_text = _SCOPE_END.split(normal[: found.start()])[-1]
+        after_text = _SCOPE_END.split(normal[found.end() :])[0]
+        before = _WORD.findall(before_text)[-window:]
+        # The rest of the name's own word ("mpox-vaksinert") counts as the first word after it.
+        tail = re.match(r"[^\W_]*(?:-([^\W_]+))?", after_text)
+        glued = [tail.group(1)] if tail and tail.group(1) else []
+        after = glued + _WORD.findall(after_text[tail.end() if tail else 0 :])[:window]
+        words_before = [w for word in before for w in word.split("-")]
+        if _is_trigger_any(words_before, matching.negation_before) or _is_trigger_any(
+            after, matching.negation_after
+        ):
+            negated = True
+            continue
+        return True
+    return False if negated else None
+
+
+def _is_trigger_any(words: Iterable[str], triggers: Iterable[str]) -> bool:
+    triggers = tuple(triggers)
+    return any(_is_trigger(word, triggers) for word in words)
+
+
 _ICD_SUBDIVISION = re.compile(r"^([A-Z]\d\d)(?:\.?(?:\d{1,2}|X))?$")
 
 _SUSPECTED = frozenset({"unconfirmed", "provisional", "differential"})
@@ -172,19 +230,22 @@ def names_mkopper(knowledge: Knowledge, concept: Any) -> bool:
         system for system, code in diagnosis.codes if _ICD_SUBDIVISION.match(code) is not None
     }
     icd_codes = {code for system, code in diagnosis.codes if system in icd_systems}
-    texts: list[str] = []
-    for system, code, display in _codings(concept):
+    codings = _codings(concept)
+    texts = [display for _, _, display in codings if display]
+    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
+        texts.append(concept["text"])
+    mentions = [_mention(knowledge.content.matching, text) for text in texts]
+    if False in mentions and True not in mentions:
+        # The clinician's words rule it out ("Mpox utelukket"), whatever code was picked.
+        return False
+    for system, code, _ in codings:
         if diagnosis.contains(system, code):
             return True
         local_icd = system is None or system in icd_systems or "icd" in system.lower()
         match = _ICD_SUBDIVISION.match(code.upper()) if code else None
         if local_icd and match is not None and match.group(1) in icd_codes:
             return True
-        if display:
-            texts.append(display)
-    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
-        texts.append(concept["text"])
-    return any(TEXT_PATTERN.search(text) for text in texts)
+    return True in mentions
 
 
 def _first_code(concept: Any, system: str) -> str | None:

@@ -127,6 +127,20 @@ class Terminology(_Strict):
 
 class Matching(_Strict):
     include_secondary_aerosol_procedures: bool = False
+    # Free text that names m-kopper is not a case when a trigger stands within
+    # ``negation_window_words`` words before or after the name (NegEx-style). Triggers are
+    # matched on normalised, lower-case words; a trigger ending in "*" matches as a prefix.
+    negation_window_words: int = Field(default=4, ge=1, le=12)
+    negation_before: tuple[str, ...] = ()
+    negation_after: tuple[str, ...] = ()
+
+    @field_validator("negation_before", "negation_after")
+    @classmethod
+    def _triggers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for trigger in value:
+            if not trigger.strip() or trigger != trigger.strip().lower():
+                raise ValueError(f"trigger {trigger!r} must be lower-case words")
+        return value
 
 
 class LinkContent(_Strict):

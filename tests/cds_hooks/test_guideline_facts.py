@@ -431,3 +431,65 @@ def test_hostile_resources_never_crash(
         ),
     )
     assert facts.status in set(Status)
+
+
+# --- Free text as people type it (issue: case detection on real records) ----------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("Mistenkt M–kopper", True),  # en dash
+        ("Mistenkt M—kopper", True),  # em dash
+        ("Mistenkt M\u2011kopper", True),  # non-breaking hyphen
+        ("Mistenkt M\u2212kopper", True),  # minus sign
+        ("M\u00adkopper", True),  # soft hyphen
+        ("m kopper", True),
+        ("mkopper", True),
+        ("Ｍｐｏｘ", True),  # full-width letters (NFKC)
+        ("Apekoppar", True),  # nynorsk
+        ("m-koppar", True),
+        ("kopper", False),  # smallpox
+        ("Vannkopper", False),  # chickenpox
+        ("Rom kopper", False),
+        ("Mpox utelukket", False),
+        ("M-kopper avkreftet", False),
+        ("ikke m-kopper", False),
+        ("Ingen tegn på mpox", False),
+        ("Mistanke om mpox avkreftet", False),
+        ("Mpox negativ", False),
+        ("mpox-vaksinert", False),
+        ("vaksine mot mpox", False),
+        # A trigger's scope ends at a clause: these are suspected cases.
+        ("Mistenkt mpox, ikke bekreftet", True),
+        ("Ikke feber. Mpox mistenkt", True),
+        ("Mistenkt mpox, negativ for HSV", True),
+        ("Mpox, men ikke påvist ennå", True),
+    ],
+)
+def test_free_text_is_read_as_people_type_it(knowledge: Any, text: str, names: bool) -> None:
+    from cds_hooks.facts import text_names_mkopper
+
+    assert text_names_mkopper(knowledge.content.matching, text) is names
+
+
+def test_negating_text_rules_out_a_coded_condition(knowledge: Any) -> None:
+    from cds_hooks.facts import names_mkopper
+
+    code = next(iter(knowledge.valueset("mkopper-diagnosis").codes))
+    coded = {"coding": [{"system": code[0], "code": code[1]}]}
+    assert names_mkopper(knowledge, coded)
+    assert not names_mkopper(knowledge, {**coded, "text": "Mpox utelukket"})
+    assert names_mkopper(knowledge, {**coded, "text": "Mistenkt mpox"})
+
+
+def test_negation_triggers_must_be_lower_case_words() -> None:
+    from pydantic import ValidationError
+
+    from cds_hooks.knowledge import Matching
+
+    with pytest.raises(ValidationError):
+        Matching(negation_before=("Utelukket",))
+    with pytest.raises(ValidationError):
+        Matching(negation_after=(" ",))
+    assert Matching(negation_after=("vaksin*",)).negation_after == ("vaksin*",)
