@@ -23,12 +23,13 @@ shown when an aerosol-generating procedure is being ordered, not on every unrela
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any, get_args
 
 from cds_hooks.cards import RenderContext, render_cards
 from cds_hooks.errors import ContentError, DataUnavailable, InvalidRequest
 from cds_hooks.facts import Facts, Sources, aerosol_search_codes, derive_facts
-from cds_hooks.knowledge import Knowledge, Language
+from cds_hooks.knowledge import LANGUAGES, Knowledge, Language, load_knowledge
 from cds_hooks.models import HookRequest
 from cds_hooks.prefetch import resources_of
 from cds_hooks.rules import (
@@ -321,4 +322,18 @@ def build_registry(
                 conditions_from_context=True,
             ),
         ]
+    )
+
+
+def check_content(path: str | Path | None = None) -> str:
+    """Validate a content file as the service would at start: load it with the ValueSets and
+    build every service in every language; a one-line summary when valid."""
+    knowledge = load_knowledge(path)
+    for language in LANGUAGES:
+        build_registry(knowledge, language=language)
+    content = knowledge.content
+    return (
+        f"{knowledge.source}: valid ({len(content.findings)} findings, "
+        f"{len(content.services)} services, {len(content.links)} links, "
+        f"{len(knowledge.valuesets)} ValueSets)"
     )

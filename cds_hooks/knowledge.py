@@ -359,18 +359,3 @@ def load_knowledge(
             + ", ".join(missing)
         )
     return knowledge
-
-
-def check_content(path: str | Path | None = None) -> str:
-    """Validate a content file as the service would at start; a one-line summary when valid."""
-    from cds_hooks.catalog import build_registry  # the catalog checks finding/service coverage
-
-    knowledge = load_knowledge(path)
-    for language in LANGUAGES:
-        build_registry(knowledge, language=language)
-    content = knowledge.content
-    return (
-        f"{knowledge.source}: valid ({len(content.findings)} findings, "
-        f"{len(content.services)} services, {len(content.links)} links, "
-        f"{len(knowledge.valuesets)} ValueSets)"
-    )

@@ -25,7 +25,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from cds_hooks.knowledge import check_content
+    from cds_hooks.catalog import check_content
 
     path = args.path or os.environ.get("CDS_CONTENT_FILE") or None
     try:

@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 
 from cds_hooks.cards import RenderContext, render_cards
-from cds_hooks.catalog import SERVICE_IDS, build_registry
+from cds_hooks.catalog import SERVICE_IDS, build_registry, check_content
 from cds_hooks.errors import ContentError
 from cds_hooks.fhir import parse_resource
 from cds_hooks.knowledge import (
     LANGUAGES,
-    check_content,
     default_content_path,
     default_valueset_dir,
     load_knowledge,
