@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cds_hooks.knowledge import FindingContent, Knowledge, Language
-from cds_hooks.models import Action, Card, Coding, Link, Source, Suggestion
+from cds_hooks.models import URGENCY, Action, Card, Coding, Link, Source, Suggestion
 from cds_hooks.rules import NOTIFY_MUNICIPAL_DOCTOR, Finding
 from cds_hooks.services import IssuedCard
-
-_URGENCY = {"critical": 0, "warning": 1, "info": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +28,7 @@ class RenderContext:
 
 
 def _urgency(content: FindingContent, key: str) -> tuple[int, int, str]:
-    return (_URGENCY[content.indicator], content.priority, key)
+    return (URGENCY[content.indicator], content.priority, key)
 
 
 def _group(knowledge: Knowledge, findings: Sequence[Finding]) -> list[list[Finding]]:

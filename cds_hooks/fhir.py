@@ -60,7 +60,7 @@ def parse_resource(data: dict[str, Any], resource_type: str | None = None) -> FH
         raise InvalidResource(f"{name} is not valid FHIR at: {', '.join(paths)[:300]}") from None
 
 
-# --- Client ------------------------------------------------------------------
+# --- Limits, warm-up and the allowlist ---------------------------------------
 
 logger = logging.getLogger(__name__)
 

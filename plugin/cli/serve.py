@@ -26,8 +26,6 @@ from cds_hooks.fhir import warm_up
 from plugin.api import metrics
 from plugin.config import as_int, data_dir, database_url, load_settings
 
-log = logging.getLogger(__name__)
-
 WORKER_CLASSES = ("gthread", "sync")
 DEFAULT_WORKER_CLASS = "gthread"
 DEFAULT_THREADS = 4
