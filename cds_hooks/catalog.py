@@ -23,6 +23,7 @@ shown when an aerosol-generating procedure is being ordered, not on every unrela
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
@@ -195,15 +196,77 @@ def _check_coverage(knowledge: Knowledge, service_ids: Collection[str]) -> None:
         raise ContentError(f"{knowledge.source}: {'; '.join(problems)}")
 
 
-SERVICE_IDS = (
-    "mkopper-patient-view",
-    "mkopper-encounter-start",
-    "mkopper-appointment-book",
-    "mkopper-order-select",
-    "mkopper-order-sign",
-    "mkopper-encounter-discharge",
-    "mkopper-problem-list-item-create",
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """One service as data: its hook, the prefetch keys it asks for, the findings it may show,
+    and where its orders and conditions come from."""
+
+    id: str
+    hook: str
+    prefetch: tuple[str, ...]
+    wanted: Wanted
+    required_context: tuple[str, ...]
+    required: Collection[str] = STATUS_KEYS
+    orders_from: str | None = None
+    conditions_from_context: bool = False
+
+
+_CHART_KEYS = (CONDITIONS, OBSERVATIONS, ENCOUNTER, AEROSOL_ORDERS)
+_STATUS_KEYS = (CONDITIONS, OBSERVATIONS)
+
+SERVICES: tuple[Declaration, ...] = (
+    Declaration(
+        "mkopper-patient-view",
+        "patient-view",
+        _CHART_KEYS,
+        wanted=_fixed(_CHART_VIEW),
+        required_context=("patientId",),
+        orders_from=AEROSOL_ORDERS,
+    ),
+    Declaration(
+        "mkopper-encounter-start",
+        "encounter-start",
+        _CHART_KEYS,
+        wanted=_fixed(_CHART),
+        required_context=("patientId", "encounterId"),
+        orders_from=AEROSOL_ORDERS,
+    ),
+    Declaration(
+        "mkopper-appointment-book",
+        "appointment-book",
+        _STATUS_KEYS,
+        wanted=_fixed({PLAN_OUTPATIENT_CONSULTATION, STAFF_IN_VULNERABLE_GROUPS}),
+        required_context=("patientId", "appointments"),
+    ),
+    *(
+        Declaration(
+            f"mkopper-{hook}",
+            hook,
+            _STATUS_KEYS,
+            wanted=_order_findings,
+            required_context=("patientId", "draftOrders"),
+            orders_from="draftOrders",
+        )
+        for hook in ("order-select", "order-sign")
+    ),
+    Declaration(
+        "mkopper-encounter-discharge",
+        "encounter-discharge",
+        _STATUS_KEYS,
+        wanted=_fixed({INFECTIOUS_PERIOD, CONTACT_TRACING}),
+        required_context=("patientId", "encounterId"),
+    ),
+    Declaration(
+        "mkopper-problem-list-item-create",
+        "problem-list-item-create",
+        (ENCOUNTER,),
+        wanted=_fixed(_SETTING_REGIME | {NOTIFY_MUNICIPAL_DOCTOR}),
+        required_context=("patientId", "conditions"),
+        required=(),
+        conditions_from_context=True,
+    ),
 )
+SERVICE_IDS = tuple(declaration.id for declaration in SERVICES)
 
 
 def build_registry(
@@ -221,107 +284,34 @@ def build_registry(
     lang: Language = "nb" if language == "nb" else "en"
     _check_coverage(knowledge, SERVICE_IDS)
     templates = _templates(knowledge)
+    return ServiceRegistry([_service(knowledge, d, templates, lang, max_cards) for d in SERVICES])
 
-    def pick(*keys: str) -> dict[str, str]:
-        return {key: templates[key] for key in keys}
 
-    def service(
-        service_id: str,
-        hook: str,
-        prefetch: dict[str, str],
-        *,
-        wanted: Wanted,
-        required: Collection[str],
-        required_context: tuple[str, ...],
-        orders_from: str | None = None,
-        conditions_from_context: bool = False,
-    ) -> CdsService:
-        text = knowledge.content.services[service_id]
-        return CdsService(
-            id=service_id,
-            hook=hook,
-            title=text.title.get(lang),
-            description=text.description.get(lang),
-            prefetch=prefetch,
-            evaluate=_Evaluator(
-                knowledge,
-                wanted=wanted,
-                required=required,
-                orders_from=orders_from,
-                conditions_from_context=conditions_from_context,
-                language=lang,
-                max_cards=max_cards,
-            ),
-            required_prefetch=frozenset(required),
-            required_context=required_context,
-        )
-
-    chart = pick(CONDITIONS, OBSERVATIONS, ENCOUNTER, AEROSOL_ORDERS)
-    status_only = pick(CONDITIONS, OBSERVATIONS)
-    return ServiceRegistry(
-        [
-            service(
-                "mkopper-patient-view",
-                "patient-view",
-                chart,
-                wanted=_fixed(_CHART_VIEW),
-                required=STATUS_KEYS,
-                required_context=("patientId",),
-                orders_from=AEROSOL_ORDERS,
-            ),
-            service(
-                "mkopper-encounter-start",
-                "encounter-start",
-                chart,
-                wanted=_fixed(_CHART),
-                required=STATUS_KEYS,
-                required_context=("patientId", "encounterId"),
-                orders_from=AEROSOL_ORDERS,
-            ),
-            service(
-                "mkopper-appointment-book",
-                "appointment-book",
-                status_only,
-                wanted=_fixed({PLAN_OUTPATIENT_CONSULTATION, STAFF_IN_VULNERABLE_GROUPS}),
-                required=STATUS_KEYS,
-                required_context=("patientId", "appointments"),
-            ),
-            service(
-                "mkopper-order-select",
-                "order-select",
-                status_only,
-                wanted=_order_findings,
-                required=STATUS_KEYS,
-                required_context=("patientId", "draftOrders"),
-                orders_from="draftOrders",
-            ),
-            service(
-                "mkopper-order-sign",
-                "order-sign",
-                status_only,
-                wanted=_order_findings,
-                required=STATUS_KEYS,
-                required_context=("patientId", "draftOrders"),
-                orders_from="draftOrders",
-            ),
-            service(
-                "mkopper-encounter-discharge",
-                "encounter-discharge",
-                status_only,
-                wanted=_fixed({INFECTIOUS_PERIOD, CONTACT_TRACING}),
-                required=STATUS_KEYS,
-                required_context=("patientId", "encounterId"),
-            ),
-            service(
-                "mkopper-problem-list-item-create",
-                "problem-list-item-create",
-                pick(ENCOUNTER),
-                wanted=_fixed(_SETTING_REGIME | {NOTIFY_MUNICIPAL_DOCTOR}),
-                required=(),
-                required_context=("patientId", "conditions"),
-                conditions_from_context=True,
-            ),
-        ]
+def _service(
+    knowledge: Knowledge,
+    declaration: Declaration,
+    templates: dict[str, str],
+    lang: Language,
+    max_cards: int | None,
+) -> CdsService:
+    text = knowledge.content.services[declaration.id]
+    return CdsService(
+        id=declaration.id,
+        hook=declaration.hook,
+        title=text.title.get(lang),
+        description=text.description.get(lang),
+        prefetch={key: templates[key] for key in declaration.prefetch},
+        evaluate=_Evaluator(
+            knowledge,
+            wanted=declaration.wanted,
+            required=declaration.required,
+            orders_from=declaration.orders_from,
+            conditions_from_context=declaration.conditions_from_context,
+            language=lang,
+            max_cards=max_cards,
+        ),
+        required_prefetch=frozenset(declaration.required),
+        required_context=declaration.required_context,
     )
 
 
