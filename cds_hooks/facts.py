@@ -30,7 +30,7 @@ import datetime as dt
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
 
@@ -384,29 +384,42 @@ def _is_aerosol_generating(knowledge: Knowledge, order: dict[str, Any]) -> bool:
 # --- Putting it together -------------------------------------------------------------------------
 
 
-def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
-    skipped = 0
-    status = Status.NONE
-    evidence: list[str] = []
+@dataclass(slots=True)
+class _Reading:
+    """What the steps of :func:`derive_facts` found so far."""
 
-    for condition in _of_type(sources.conditions or [], "Condition"):
+    status: Status = Status.NONE
+    evidence: list[str] = field(default_factory=list)
+    skipped: int = 0
+
+    def saw(self, status: Status, reference: str) -> None:
+        self.status = max(self.status, status)
+        self.evidence.append(reference)
+
+
+def _read_conditions(knowledge: Knowledge, conditions: Iterable[Any], reading: _Reading) -> None:
+    """Step 1: m-kopper Conditions give a status by their clinical and verification status."""
+    for condition in _of_type(conditions, "Condition"):
         if not names_mkopper(knowledge, condition.get("code")):
             continue
         if not _validates(condition, "Condition"):
-            skipped += 1
+            reading.skipped += 1
             continue
         found = condition_status(condition)
         if found is not Status.NONE:
-            status = max(status, found)
-            evidence.append(_reference(condition))
+            reading.saw(found, _reference(condition))
 
+
+def _read_laboratory(knowledge: Knowledge, observations: Iterable[Any], reading: _Reading) -> bool:
+    """Step 2: the latest m-kopper result decides; a positive one confirms. Returns whether a
+    negative result came after a positive one."""
     lab_tests = knowledge.valueset("mkopper-laboratory-tests")
     results: list[tuple[dt.datetime, bool, str]] = []
-    for observation in _of_type(sources.observations or [], "Observation"):
+    for observation in _of_type(observations, "Observation"):
         if not _concept_in(observation.get("code"), lab_tests):
             continue
         if not _validates(observation, "Observation"):
-            skipped += 1
+            reading.skipped += 1
             continue
         if observation.get("status") not in _OBSERVATION_COUNTS:
             continue
@@ -414,42 +427,62 @@ def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
         if result is not None:
             results.append((_observation_time(observation), result, _reference(observation)))
     results.sort(key=lambda item: (item[0], item[1]))  # a positive wins a tie: it sorts last
-    negative_after_positive = False
-    if results:
-        _, latest_positive, latest_ref = results[-1]
-        if latest_positive:
-            status = Status.CONFIRMED
-            evidence.append(latest_ref)
-        else:
-            negative_after_positive = any(positive for _, positive, _ in results)
+    if not results:
+        return False
+    _, latest_positive, latest_ref = results[-1]
+    if latest_positive:
+        reading.saw(Status.CONFIRMED, latest_ref)
+        return False
+    return any(positive for _, positive, _ in results)
 
+
+@dataclass(frozen=True, slots=True)
+class _Orders:
     aerosol: bool | None = None
-    aerosol_evidence: list[str] = []
+    aerosol_evidence: tuple[str, ...] = ()
     test: bool | None = None
-    test_evidence: list[str] = []
-    if sources.orders is not None:
-        aerosol, test = False, False
-        for order in _of_type(sources.orders, "ServiceRequest"):
-            code = order.get("code")
-            is_test = _concept_in(code, lab_tests)
-            is_aerosol = _is_aerosol_generating(knowledge, order)
-            if not (is_test or is_aerosol):
-                continue
-            if not _validates(order, "ServiceRequest"):
-                skipped += 1
-                continue
-            if order.get("status") not in _ORDER_COUNTS:
-                continue
-            if is_aerosol:
-                aerosol = True
-                aerosol_evidence.append(_reference(order))
-            if is_test:
-                test = True
-                test_evidence.append(_reference(order))
-    if test and status is Status.NONE:
-        status = Status.SUSPECTED
-        evidence.extend(test_evidence)
+    test_evidence: tuple[str, ...] = ()
 
+
+def _read_orders(knowledge: Knowledge, orders: Sequence[Any] | None, reading: _Reading) -> _Orders:
+    """Step 3: aerosol-generating procedures and m-kopper tests among the orders; an ordered
+    test means the clinician suspects m-kopper."""
+    if orders is None:
+        return _Orders()
+    lab_tests = knowledge.valueset("mkopper-laboratory-tests")
+    aerosol_evidence: list[str] = []
+    test_evidence: list[str] = []
+    for order in _of_type(orders, "ServiceRequest"):
+        is_test = _concept_in(order.get("code"), lab_tests)
+        is_aerosol = _is_aerosol_generating(knowledge, order)
+        if not (is_test or is_aerosol):
+            continue
+        if not _validates(order, "ServiceRequest"):
+            reading.skipped += 1
+            continue
+        if order.get("status") not in _ORDER_COUNTS:
+            continue
+        if is_aerosol:
+            aerosol_evidence.append(_reference(order))
+        if is_test:
+            test_evidence.append(_reference(order))
+    if test_evidence and reading.status is Status.NONE:
+        reading.status = Status.SUSPECTED
+        reading.evidence.extend(test_evidence)
+    return _Orders(
+        aerosol=bool(aerosol_evidence),
+        aerosol_evidence=tuple(aerosol_evidence),
+        test=bool(test_evidence),
+        test_evidence=tuple(test_evidence),
+    )
+
+
+def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
+    """The facts of one call, in named steps: conditions, laboratory, orders, care setting."""
+    reading = _Reading()
+    _read_conditions(knowledge, sources.conditions or [], reading)
+    negative_after_positive = _read_laboratory(knowledge, sources.observations or [], reading)
+    orders = _read_orders(knowledge, sources.orders, reading)
     setting: CareSetting = CareSetting.UNKNOWN
     setting_evidence: tuple[str, ...] = ()
     bad_encounters = 0
@@ -457,17 +490,16 @@ def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
         setting, setting_evidence, bad_encounters = _care_setting(
             knowledge, sources.encounters, sources.encounter_id
         )
-
     return Facts(
-        status=status,
-        status_evidence=tuple(dict.fromkeys(evidence)),
+        status=reading.status,
+        status_evidence=tuple(dict.fromkeys(reading.evidence)),
         care_setting=setting,
         care_setting_evidence=setting_evidence,
         respiratory_symptoms=None,
-        aerosol_procedure_ordered=aerosol,
-        aerosol_procedure_evidence=tuple(aerosol_evidence),
-        mkopper_test_ordered=test,
-        mkopper_test_evidence=tuple(test_evidence),
+        aerosol_procedure_ordered=orders.aerosol,
+        aerosol_procedure_evidence=orders.aerosol_evidence,
+        mkopper_test_ordered=orders.test,
+        mkopper_test_evidence=orders.test_evidence,
         laboratory_negative_after_positive=negative_after_positive,
-        skipped=skipped + bad_encounters,
+        skipped=reading.skipped + bad_encounters,
     )
