@@ -28,7 +28,7 @@ from plugin.admin.report import (
     reasons_chart,
 )
 from plugin.errors import error_response
-from plugin.security.auth import from_loopback
+from plugin.security.network import from_loopback
 from plugin.storage.suppression import get_suppressions
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")

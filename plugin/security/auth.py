@@ -17,7 +17,6 @@ never the token.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from flask import Flask, Request, current_app
 from cds_hooks.errors import Unauthorized
 from plugin.config import as_bool, as_int, as_list
 from plugin.security.jwks import Jwk, KeySetCache, TrustedClient, load_trusted_clients
+from plugin.security.network import from_loopback
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,6 @@ CLOCK_SKEW_SECONDS = 60
 MAX_LIFETIME_SECONDS = 3600
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_JTI_CHARS = 255
-# Headers a reverse proxy adds: a request carrying one came from elsewhere, even
-# when the proxy itself connects from loopback.
-PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 RememberJti = Callable[[str, datetime], bool]
 
@@ -234,16 +231,6 @@ def expected_audience(request: Request, public_url: str) -> str:
     if public_url:
         return public_url.rstrip("/") + request.path
     return request.base_url
-
-
-def from_loopback(request: Request) -> bool:
-    """A request from a loopback address that no proxy forwarded."""
-    if any(name in request.headers for name in PROXY_HEADERS):
-        return False
-    try:
-        return ipaddress.ip_address(request.remote_addr or "").is_loopback
-    except ValueError:
-        return False
 
 
 def init_app(app: Flask) -> None:

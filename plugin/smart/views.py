@@ -18,7 +18,6 @@ session id); the access token never leaves the server. OAuth is Authlib's.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import uuid
@@ -52,6 +51,7 @@ from cds_hooks.services import IssuedCard
 from plugin.api.pipeline import get_pipeline
 from plugin.api.views import get_store
 from plugin.config import as_list
+from plugin.security.network import is_loopback
 from plugin.smart import render as smart_render
 from plugin.smart.sessions import ACTIVE, PENDING, SessionStore, new_secret
 
@@ -73,7 +73,6 @@ HTTP_TIMEOUT_SECONDS = 5.0
 MAX_PARAM_CHARS = 2048
 # FHIR ids: [A-Za-z0-9\-\.]{1,64}. Anything else in a token response is refused.
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 class SmartProblem(Exception):
@@ -141,17 +140,6 @@ def allowed_fhir_server(iss: str) -> bool:
     return get_pipeline().fhir.allowed.allows(iss)
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _acceptable_endpoint(url: object) -> bool:
     """https, or http on loopback (the test authorisation server)."""
     if not isinstance(url, str) or len(url) > MAX_PARAM_CHARS:
@@ -159,7 +147,7 @@ def _acceptable_endpoint(url: object) -> bool:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return True
-    return parts.scheme == "http" and _is_loopback(parts.hostname)
+    return parts.scheme == "http" and is_loopback(parts.hostname)
 
 
 # --- Cookies -----------------------------------------------------------------
@@ -171,7 +159,7 @@ def _secure_cookies() -> bool:
     # header or scheme a proxy forwards: the browser is on https, so Secure holds.
     if str(current_app.config["CDS_PUBLIC_URL"]).startswith("https://"):
         return True
-    return not (request.scheme == "http" and _is_loopback(urlsplit(request.host_url).hostname))
+    return not (request.scheme == "http" and is_loopback(urlsplit(request.host_url).hostname))
 
 
 def cookie_name(base: str) -> str:

@@ -1,0 +1,36 @@
+"""Where a request or a URL is: the one loopback rule and the one forwarded-for policy.
+
+A request that a reverse proxy forwarded carries one of ``PROXY_HEADERS``; it came from
+elsewhere, even when the proxy itself connects from loopback, so it is never a loopback client.
+The headers' contents are not trusted either way: the service never needs the real address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from flask import Request
+
+# Headers a reverse proxy adds.
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+LOOPBACK_HOSTS = frozenset({"localhost", "localhost.localdomain"})
+
+
+def is_loopback(host: str | None) -> bool:
+    """A host name or address (IPv4, IPv6, with or without brackets) on this machine."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def from_loopback(request: Request) -> bool:
+    """A request from a loopback address that no proxy forwarded."""
+    if any(name in request.headers for name in PROXY_HEADERS):
+        return False
+    return is_loopback(request.remote_addr)
