@@ -223,6 +223,14 @@ SETTINGS: tuple[Setting, ...] = (
         "(public client, PKCE).",
     ),
     Setting(
+        "CDS_SMART_SCOPE_VERSION",
+        "1",
+        "Scope syntax of the SMART page's default scopes: `1` (SMART App Launch 1, "
+        "`patient/<Type>.read`, for EHRs that know only those) or `2` (SMART App Launch 2, "
+        "`patient/<Type>.rs`). Ignored when CDS_SMART_SCOPES is set.",
+        parse=one_of("1", "2"),
+    ),
+    Setting(
         "CDS_SMART_SCOPES",
         "",
         "Scopes the SMART page asks for (space- or comma-separated). Empty: `launch` and "

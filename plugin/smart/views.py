@@ -123,7 +123,9 @@ def requested_scopes() -> str:
                 resource_type = re.split(r"[/?]", template, maxsplit=1)[0]
                 if re.fullmatch(r"[A-Z][A-Za-z]+", resource_type):
                     types.add(resource_type)
-    return " ".join(["launch", *(f"patient/{name}.read" for name in sorted(types))])
+    # SMART App Launch 2 reads "rs" (read and search); version 1 reads ".read".
+    access = "rs" if current_app.config["CDS_SMART_SCOPE_VERSION"] == "2" else "read"
+    return " ".join(["launch", *(f"patient/{name}.{access}" for name in sorted(types))])
 
 
 def session_seconds() -> int:

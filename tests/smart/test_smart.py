@@ -107,6 +107,30 @@ def test_launch_sends_pkce_s256_state_aud_and_scopes(smart_app: Flask, ehr: Smar
     assert "Secure" not in cookie  # plain http on loopback only
 
 
+@pytest.mark.parametrize(
+    ("version", "scope"), [("1", "patient/Condition.read"), ("2", "patient/Condition.rs")]
+)
+def test_scopes_in_smart_app_launch_1_or_2_syntax(
+    make_app: Any, ehr: SmartEhr, version: str, scope: str
+) -> None:
+    app = make_app(
+        CDS_REGISTRY=fake_registry(),
+        CDS_ALLOWED_FHIR_SERVERS=ehr.fhir_base,
+        CDS_SMART_SCOPE_VERSION=version,
+    )
+    response = app.test_client().get(
+        "/smart/launch", query_string={"iss": ehr.fhir_base, "launch": "abc"}
+    )
+    assert response.status_code == 302
+    query = parse_qs(urlsplit(response.headers["Location"]).query)
+    assert query["scope"][0].split() == ["launch", scope]
+
+
+def test_an_unknown_scope_version_stops_the_service_at_start(make_app: Any) -> None:
+    with pytest.raises(ValueError, match="CDS_SMART_SCOPE_VERSION"):
+        make_app(CDS_SMART_SCOPE_VERSION="3")
+
+
 def test_standalone_launch_asks_the_ehr_to_pick_a_patient(smart_app: Flask, ehr: SmartEhr) -> None:
     from tests.support.smart_auth_server import Launch
 
