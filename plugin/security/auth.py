@@ -191,10 +191,15 @@ class Authenticator:
 
     def _find_key(self, client: TrustedClient, header: Mapping[str, Any], kid: str) -> Jwk:
         jku = header.get("jku")
-        if jku is not None:
-            if jku not in client.jku:
-                raise Rejected(f"jku not on the allowlist for iss {client.iss!r}", UNTRUSTED)
+        if jku is not None and jku in client.jku:
             found = self.key_sets.find(jku, kid)
+        elif jku is not None and not client.keys:
+            raise Rejected(f"jku not on the allowlist for iss {client.iss!r}", UNTRUSTED)
+        elif jku is not None:
+            # A client trusted by a pinned key set (jwks / jwks_file) is verified with those
+            # keys whatever URL its header names; that URL is never fetched. This is how a
+            # service without outbound internet trusts a client that always sends a jku.
+            found = client.keys.get(kid)
         else:
             found = client.keys.get(kid)
             for url in client.jku:

@@ -247,6 +247,19 @@ def test_attack_jku_not_on_the_allowlist(client: FlaskClient) -> None:
         assert len(mock.calls) == 0  # the token's URL is never fetched
 
 
+def test_pinned_keys_verify_a_token_naming_an_unconfigured_jku(client: FlaskClient) -> None:
+    # The CDS Hooks Sandbox always names its jku; a service without outbound internet trusts it
+    # by a pinned key set, and the named URL is never fetched.
+    import responses
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        token = ES384.token(
+            SERVICE_URL, headers={"jku": "https://sandbox.cds-hooks.org/.well-known/jwks.json"}
+        )
+        assert call(client, token).status_code == 200
+        assert len(mock.calls) == 0
+
+
 def test_attack_replayed_jti(client: FlaskClient) -> None:
     token = ES384.token(SERVICE_URL)
     assert call(client, token).status_code == 200
