@@ -223,15 +223,26 @@ class AcceptedSuggestion(WireModel):
     id: NonEmptyStr
 
 
+# Feedback is bounded: a post carries the outcomes of the cards a clinician saw (a response has at
+# most CDS_MAX_CARDS), so these caps leave room for an EHR that batches, and no more. A comment
+# is a short free text and may hold patient data: it is kept short and deleted with its row.
+MAX_FEEDBACK_ITEMS = 100
+MAX_COMMENT_CHARS = 400
+MAX_CARD_UUID_CHARS = 64
+MAX_ACCEPTED_SUGGESTIONS = 20
+
+
 class OverrideReason(WireModel):
     reason: Coding | None = None
-    userComment: str | None = None
+    userComment: str | None = Field(default=None, max_length=MAX_COMMENT_CHARS)
 
 
 class FeedbackItem(WireModel):
-    card: NonEmptyStr
+    card: Annotated[NonEmptyStr, StringConstraints(max_length=MAX_CARD_UUID_CHARS)]
     outcome: Literal["accepted", "overridden"]
-    acceptedSuggestions: list[AcceptedSuggestion] | None = None
+    acceptedSuggestions: list[AcceptedSuggestion] | None = Field(
+        default=None, max_length=MAX_ACCEPTED_SUGGESTIONS
+    )
     overrideReason: OverrideReason | None = None
     outcomeTimestamp: NonEmptyStr
 
@@ -256,4 +267,4 @@ class FeedbackItem(WireModel):
 
 
 class Feedback(WireModel):
-    feedback: list[FeedbackItem] = Field(min_length=1)
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)

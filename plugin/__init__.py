@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask
@@ -65,7 +66,11 @@ def create_app(
     url = database_url(settings)
     if not settings.get("CDS_SKIP_MIGRATE"):
         migrate(url)
-    app.extensions["cds_store"] = Store(create_db_engine(url), clock)
+    app.extensions["cds_store"] = Store(
+        create_db_engine(url),
+        clock,
+        retention=timedelta(days=settings["CDS_FEEDBACK_RETENTION_DAYS"]),
+    )
     fhir = FhirAccess(
         client=FhirClient(
             ClientLimits(

@@ -201,6 +201,14 @@ SETTINGS: tuple[Setting, ...] = (
         parse=comma_list,
     ),
     Setting(
+        "CDS_FEEDBACK_RETENTION_DAYS",
+        "90",
+        "Days feedback (and the record of the cards shown) is kept for the dashboard; older rows "
+        "are deleted on write and by `mkopper-cds purge-suppressions`. Comments may hold "
+        "patient data: keep it short.",
+        parse=integer(1),
+    ),
+    Setting(
         "CDS_ADMIN_USER",
         "admin",
         "User name for the feedback dashboard `/admin/feedback` (HTTP Basic).",

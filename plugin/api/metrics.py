@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +94,7 @@ class Metrics:
     cards_issued: Counter
     prefetch_failures: Counter
     phase_errors: Counter
+    feedback_items: Counter
 
 
 def _build() -> Metrics:
@@ -147,6 +148,14 @@ def _build() -> Metrics:
             ["service", "phase", "code"],
             registry=registry,
         ),
+        feedback_items=Counter(
+            "cds_feedback_items",
+            "Feedback items received, by CDS service and result: `recorded` (stored now), "
+            "`duplicates` (a retry: nothing changed), `unknown` (a card not issued to the "
+            "caller, or past retention: not stored).",
+            ["service", "result"],
+            registry=registry,
+        ),
     )
 
 
@@ -168,6 +177,14 @@ def count_cards(service_id: str, findings: Iterable[str]) -> None:
     counter = _metrics().cards_issued
     for finding in findings:
         counter.labels(service=service_id, finding=finding).inc()
+
+
+def count_feedback(service_id: str, counts: Mapping[str, int]) -> None:
+    """Count one feedback post's items by what became of them."""
+    counter = _metrics().feedback_items
+    for result in ("recorded", "duplicates", "unknown"):
+        if counts.get(result):
+            counter.labels(service=service_id, result=result).inc(counts[result])
 
 
 def count_prefetch(service_id: str, failed_keys: Iterable[str]) -> None:

@@ -24,6 +24,7 @@ from cds_hooks.models import HookRequest
 from cds_hooks.prefetch import FhirAccess
 from cds_hooks.services import CdsService, Evaluation, IssuedCard, ServiceRegistry
 from plugin.api import metrics
+from plugin.security.auth import Caller
 from plugin.storage.suppression import Suppressions, subject_of
 
 
@@ -60,23 +61,30 @@ class Pipeline:
             return service.evaluate(hook_request, data)
 
     def issue(
-        self, service: CdsService, hook_request: HookRequest, evaluation: Evaluation
+        self,
+        service: CdsService,
+        hook_request: HookRequest,
+        evaluation: Evaluation,
+        caller: Caller | None = None,
     ) -> list[IssuedCard]:
         """Drop suppressed cards, cut to ``max_cards`` (a suppressed card makes room for the
-        next most urgent one) and record the cards shown."""
+        next most urgent one) and record the cards shown, scoped to the verified caller and
+        the request's FHIR server."""
         with phase("storage"):
             return self.suppressions.issue(
                 service.id,
                 hook_request.hookInstance,
-                subject_of(hook_request, evaluation),
+                subject_of(hook_request, evaluation, caller),
                 evaluation.issued,
                 limit=self.max_cards,
             )
 
-    def run(self, service: CdsService, hook_request: HookRequest) -> list[IssuedCard]:
+    def run(
+        self, service: CdsService, hook_request: HookRequest, caller: Caller | None = None
+    ) -> list[IssuedCard]:
         """A whole CDS Hooks call from its parsed request: the cards to answer."""
         evaluation = self.evaluate(service, hook_request)
-        issued = self.issue(service, hook_request, evaluation)
+        issued = self.issue(service, hook_request, evaluation, caller)
         g.call_log["cards"] = len(issued)
         g.call_log["evaluated"] = len(evaluation.issued)
         metrics.count_cards(service.id, (item.finding for item in issued))

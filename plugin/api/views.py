@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from cds_hooks.errors import InvalidRequest, UnsupportedMediaType
 from cds_hooks.models import CdsResponse, Discovery, Feedback, HookRequest
 from cds_hooks.services import ServiceRegistry
+from plugin.api import metrics
 from plugin.api.pipeline import get_pipeline, phase
 from plugin.security import auth
 from plugin.storage import suppression
@@ -105,31 +106,46 @@ def discovery() -> Response:
 def call_service(service_id: str) -> Response:
     g.call_log = {"service": service_id}
     with phase("auth"):
-        auth.authenticate(request)
+        caller = auth.authenticate(request)
     service = get_registry().get(service_id)
     with phase("parse"):
         hook_request = parse_body(HookRequest)
     g.call_log.update(hook=hook_request.hook, hookInstance=hook_request.hookInstance[:64])
-    issued = get_pipeline().run(service, hook_request)
+    issued = get_pipeline().run(service, hook_request, caller)
     with phase("cards"):
         return jsonify(CdsResponse(cards=[item.card for item in issued]).wire())
 
 
 @bp.post("/cds-services/<service_id>/feedback")
 def post_feedback(service_id: str) -> Response:
+    """Store the outcomes of cards issued to this caller, once each, then apply overrides.
+
+    The answer counts what happened: ``recorded`` outcomes stored now, ``duplicates`` (a
+    retry, or a card whose outcome is already stored: nothing changes) and ``unknown`` (a card
+    this service did not issue to this caller, or one past retention: not stored)."""
     g.call_log = {"service": service_id, "hook": "feedback"}
     with phase("auth"):
-        auth.authenticate(request)
+        caller = auth.authenticate(request)
     service = get_registry().get(service_id)
     with phase("parse"):
         body = parse_body(Feedback)
+    suppressions = suppression.get_suppressions()
     with phase("storage"):
-        count = get_store().record_feedback(service.id, body.feedback)
-        g.call_log["suppressions"] = suppression.get_suppressions().apply_feedback(
-            service.id, body.feedback
+        result = get_store().record_feedback(
+            service.id, body.feedback, suppressions.caller_hashes(caller)
         )
-    g.call_log["feedback"] = count
-    return jsonify({"received": count})
+        g.call_log["suppressions"] = suppressions.apply_feedback(
+            service.id, result.recorded, caller
+        )
+    counts = {
+        "received": len(body.feedback),
+        "recorded": len(result.recorded),
+        "duplicates": result.duplicates,
+        "unknown": result.unknown,
+    }
+    g.call_log["feedback"] = counts
+    metrics.count_feedback(service.id, counts)
+    return jsonify(counts)
 
 
 @bp.get("/healthz")

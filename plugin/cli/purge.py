@@ -1,25 +1,28 @@
-"""`mkopper-cds purge-suppressions`: delete expired suppression records (for a cron job).
+"""`mkopper-cds purge-suppressions`: delete expired records (for a cron job).
 
-The service deletes them on its next write anyway; this is for a quiet service, so that
-hashed patient records do not outlive their expiry by long.
+Expired suppressions, card subjects past retention, and feedback and issued-card records
+older than ``CDS_FEEDBACK_RETENTION_DAYS``. The service deletes them on its next write anyway;
+this is for a quiet service, so that hashed patient records and comments do not outlive their
+time by long.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import timedelta
 from typing import Any
 
 from cds_hooks.errors import StorageError
 from plugin.config import database_url, load_settings
-from plugin.storage.store import Clock, create_db_engine, migrate, utcnow
+from plugin.storage.store import Clock, Store, create_db_engine, migrate, utcnow
 from plugin.storage.suppression import Policy, Suppressions, hasher_from_settings
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "purge-suppressions",
-        help="delete expired suppressions and card subjects past retention, and exit",
+        help="delete expired suppressions, and feedback and card records past retention; exit",
     )
     parser.set_defaults(func=run)
 
@@ -35,6 +38,8 @@ def run(args: argparse.Namespace, clock: Clock = utcnow) -> int:
             engine, hasher_from_settings(settings), Policy(reason_hours={}), clock=clock
         )
         deleted = suppressions.purge()
+        retention = timedelta(days=settings["CDS_FEEDBACK_RETENTION_DAYS"])
+        deleted += Store(engine, clock, retention=retention).purge()
     except StorageError as exc:
         print(f"purge failed: {exc.message}", file=sys.stderr)
         return 1

@@ -20,6 +20,8 @@ issued_cards = sa.Table(
     sa.Column("finding", sa.String(100), nullable=False),
     sa.Column("topic", sa.String(100), nullable=True),
     sa.Column("hook_instance", sa.String(100), nullable=False),
+    # Keyed hash of the verified caller (iss, tenant): feedback counts only from that caller.
+    sa.Column("caller_hash", sa.String(64), nullable=True),
     sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False, index=True),
 )
 
@@ -38,6 +40,8 @@ feedback = sa.Table(
     sa.Column("user_comment", sa.Text, nullable=True),
     sa.Column("outcome_time", sa.String(40), nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    # One outcome per card: a retried post is idempotent.
+    sa.Index("uq_feedback_card", "card_uuid", "service_id", unique=True),
 )
 
 jwt_replay = sa.Table(
@@ -58,6 +62,9 @@ card_subjects = sa.Table(
     sa.Column("patient_hash", sa.String(64), nullable=False),
     sa.Column("encounter_hash", sa.String(64), nullable=False),
     sa.Column("status", sa.String(20), nullable=True),
+    sa.Column("caller_hash", sa.String(64), nullable=True),
+    # The override reason codes the card offered, comma-separated.
+    sa.Column("reasons", sa.String(255), nullable=True),
     sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False, index=True),
 )
 

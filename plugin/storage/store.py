@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ def insert_issued(
     conn: sa.Connection,
     service_id: str,
     hook_instance: str,
+    caller_hash: str,
     cards: Sequence[tuple[str, str, str | None]],
     now: datetime,
 ) -> None:
@@ -104,6 +105,7 @@ def insert_issued(
                 "finding": finding,
                 "topic": topic,
                 "hook_instance": hook_instance[:100],
+                "caller_hash": caller_hash,
                 "issued_at": now,
             }
             for uuid, finding, topic in cards
@@ -111,10 +113,43 @@ def insert_issued(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """What one feedback post did: the items stored now, retries, and cards not known."""
+
+    recorded: list[FeedbackItem]
+    duplicates: int
+    unknown: int
+
+
+def _feedback_row(service_id: str, item: FeedbackItem, now: datetime) -> dict[str, Any]:
+    reason = item.overrideReason.reason if item.overrideReason else None
+    accepted = [s.id for s in item.acceptedSuggestions or []]
+    return {
+        "card_uuid": item.card,
+        "service_id": service_id,
+        "known_card": True,
+        "outcome": item.outcome,
+        "accepted_suggestions": json.dumps(accepted) if accepted else None,
+        "override_system": reason.system[:255] if reason and reason.system else None,
+        "override_code": reason.code[:100] if reason else None,
+        "override_display": reason.display[:255] if reason and reason.display else None,
+        "user_comment": item.overrideReason.userComment if item.overrideReason else None,
+        "outcome_time": item.outcomeTimestamp[:40],
+        "received_at": now,
+    }
+
+
+DEFAULT_RETENTION = timedelta(days=90)
+
+
 class Store:
-    def __init__(self, engine: Engine, clock: Clock = utcnow):
+    def __init__(
+        self, engine: Engine, clock: Clock = utcnow, retention: timedelta = DEFAULT_RETENTION
+    ):
         self.engine = engine
         self.clock = clock
+        self.retention = retention
 
     def ping(self) -> None:
         try:
@@ -123,46 +158,82 @@ class Store:
         except SQLAlchemyError as exc:
             raise StorageError() from exc
 
-    def record_feedback(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
-        """Store feedback in one transaction, committed before this returns."""
+    def record_feedback(
+        self, service_id: str, items: Iterable[FeedbackItem], callers: Sequence[str] = ("",)
+    ) -> FeedbackResult:
+        """Store one outcome per card issued to the caller (``callers``: the candidate hashes of
+        the caller), in one transaction committed before this returns.
+
+        A card this service did not issue to this caller (or whose record is past retention)
+        is counted and not stored, so a stream of invented uuids writes nothing; a card that
+        already has its outcome is a retry and changes nothing. Feedback past
+        ``CDS_FEEDBACK_RETENTION_DAYS`` is deleted in the same transaction."""
         items = list(items)
+        for attempt in range(2):
+            try:
+                return self._record_feedback(service_id, items, list(callers))
+            except IntegrityError:
+                # The same card's outcome was written by a concurrent retry: read it again.
+                if attempt == 1:
+                    raise StorageError() from None
+            except SQLAlchemyError as exc:
+                raise StorageError() from exc
+        raise StorageError()  # pragma: no cover - the loop returns or raises
+
+    def _record_feedback(
+        self, service_id: str, items: list[FeedbackItem], callers: list[str]
+    ) -> FeedbackResult:
         now = self.clock()
+        with self.engine.begin() as conn:
+            self._purge_feedback(conn, now)
+            uuids = sorted({item.card for item in items})
+            known = set(
+                conn.execute(
+                    sa.select(issued_cards.c.card_uuid).where(
+                        issued_cards.c.card_uuid.in_(uuids),
+                        issued_cards.c.service_id == service_id,
+                        issued_cards.c.caller_hash.in_(callers),
+                    )
+                ).scalars()
+            )
+            seen = set(
+                conn.execute(
+                    sa.select(feedback.c.card_uuid).where(
+                        feedback.c.card_uuid.in_(sorted(known)),
+                        feedback.c.service_id == service_id,
+                    )
+                ).scalars()
+            )
+            recorded: list[FeedbackItem] = []
+            unknown = duplicates = 0
+            for item in items:
+                if item.card not in known:
+                    unknown += 1
+                    continue
+                if item.card in seen:
+                    duplicates += 1
+                    continue
+                seen.add(item.card)
+                recorded.append(item)
+            if recorded:
+                conn.execute(
+                    feedback.insert(), [_feedback_row(service_id, i, now) for i in recorded]
+                )
+        return FeedbackResult(recorded=recorded, duplicates=duplicates, unknown=unknown)
+
+    def _purge_feedback(self, conn: sa.Connection, now: datetime) -> int:
+        cutoff = now - self.retention
+        gone = conn.execute(feedback.delete().where(feedback.c.received_at < cutoff))
+        old = conn.execute(issued_cards.delete().where(issued_cards.c.issued_at < cutoff))
+        return int(gone.rowcount or 0) + int(old.rowcount or 0)
+
+    def purge(self) -> int:
+        """Delete feedback and issued-card records past retention; return rows deleted."""
         try:
             with self.engine.begin() as conn:
-                uuids = [item.card for item in items]
-                known = set(
-                    conn.execute(
-                        sa.select(issued_cards.c.card_uuid).where(
-                            issued_cards.c.card_uuid.in_(uuids),
-                            issued_cards.c.service_id == service_id,
-                        )
-                    ).scalars()
-                )
-                rows = []
-                for item in items:
-                    reason = item.overrideReason.reason if item.overrideReason else None
-                    accepted = [s.id for s in item.acceptedSuggestions or []]
-                    rows.append(
-                        {
-                            "card_uuid": item.card[:64],
-                            "service_id": service_id,
-                            "known_card": item.card in known,
-                            "outcome": item.outcome,
-                            "accepted_suggestions": json.dumps(accepted) if accepted else None,
-                            "override_system": reason.system if reason else None,
-                            "override_code": reason.code if reason else None,
-                            "override_display": reason.display if reason else None,
-                            "user_comment": item.overrideReason.userComment
-                            if item.overrideReason
-                            else None,
-                            "outcome_time": item.outcomeTimestamp[:40],
-                            "received_at": now,
-                        }
-                    )
-                conn.execute(feedback.insert(), rows)
+                return self._purge_feedback(conn, self.clock())
         except SQLAlchemyError as exc:
             raise StorageError() from exc
-        return len(items)
 
     def feedback_for(self, card_uuid: str) -> list[StoredFeedback]:
         with self.engine.connect() as conn:

@@ -9,7 +9,12 @@ changes, e.g. suspected → confirmed.
 
 To know at feedback time which patient a card uuid belonged to, each issued
 card is recorded with a keyed hash (HMAC-SHA256) of the patient id and the
-encounter id, never the ids themselves. The key is CDS_PATIENT_HASH_SECRET
+encounter id, never the ids themselves. Both are scoped: the patient hash covers
+the verified caller (``iss``, and ``tenant`` where configured) and the
+``fhirServer`` with the id, so two EHRs (or two hospitals whose ids collide)
+never share a suppression; and feedback on a card is applied only when it comes
+from the caller the card was issued to, with an override reason the card offered.
+The key is CDS_PATIENT_HASH_SECRET
 (comma-separated: the first hashes new records, the others are still
 recognised, so the secret can be rotated), or a random key generated once and
 kept in CDS_DATA_DIR. All state is in the database, so every instance over one
@@ -35,6 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cds_hooks.errors import StorageError
+from cds_hooks.fhir import normalise_base
 from cds_hooks.knowledge import Knowledge, Language
 from cds_hooks.models import FeedbackItem, HookRequest
 from cds_hooks.services import Evaluation, IssuedCard
@@ -61,6 +67,12 @@ _ACTIVE_SUPPRESSIONS = sa.select(
 )
 
 # Called inside the transaction that decides which cards are shown, with those cards.
+
+
+def offered_reasons(item: IssuedCard) -> str:
+    """The override reason codes a card offered, comma-separated (feedback may use only these)."""
+    codes = [reason.code for reason in item.card.overrideReasons or [] if reason.code]
+    return ",".join(codes)[:255]
 
 
 def card_kind(item: IssuedCard) -> str:
@@ -178,14 +190,42 @@ class Subject:
     patient: str | None
     encounter: str | None
     status: str | None
+    # Who asked (caller_key) and which FHIR server the ids belong to: part of every hash.
+    caller: str = ""
+    fhir_server: str = ""
+
+    def scoped(self, value: str) -> str:
+        return f"{self.caller}\x1e{self.fhir_server}\x1e{value}"
 
 
-def subject_of(request: HookRequest, evaluation: Evaluation) -> Subject:
+def caller_key(caller: Any) -> str:
+    """The verified caller as one text: ``iss`` and ``tenant``; empty for an unsigned call."""
+    if caller is None:
+        return ""
+    return f"{caller.iss}\x1f{caller.tenant or ''}"
+
+
+def _server_key(url: str) -> str:
+    # A call without fetching may carry a fhirServer the allowlist never had to read.
+    try:
+        return normalise_base(url)
+    except ValueError:
+        return url
+
+
+def subject_of(request: HookRequest, evaluation: Evaluation, caller: Any = None) -> Subject:
     def text(key: str) -> str | None:
         value = request.context.get(key)
         return str(value) if isinstance(value, str | int) and str(value) else None
 
-    return Subject(text("patientId"), text("encounterId"), evaluation.status)
+    fhir_server = _server_key(str(request.fhirServer)) if request.fhirServer else ""
+    return Subject(
+        text("patientId"),
+        text("encounterId"),
+        evaluation.status,
+        caller=caller_key(caller),
+        fhir_server=fhir_server,
+    )
 
 
 class Suppressions:
@@ -206,7 +246,7 @@ class Suppressions:
     def _scopes(self, finding: str, subject: Subject) -> set[str]:
         if subject.encounter is None or not self.policy.is_per_encounter(finding):
             return {NO_ENCOUNTER}
-        return set(self.hasher.candidates("encounter", subject.encounter))
+        return set(self.hasher.candidates("encounter", subject.scoped(subject.encounter)))
 
     def issue(
         self,
@@ -233,7 +273,9 @@ class Suppressions:
                     active = conn.execute(
                         _ACTIVE_SUPPRESSIONS,
                         {
-                            "patient_hashes": self.hasher.candidates("patient", subject.patient),
+                            "patient_hashes": self.hasher.candidates(
+                                "patient", subject.scoped(subject.patient)
+                            ),
                             "kinds": sorted({card_kind(item) for item in issued}),
                             "now": now,
                         },
@@ -245,6 +287,7 @@ class Suppressions:
                     conn,
                     service_id,
                     hook_instance,
+                    self.hasher.hash("caller", subject.caller),
                     [
                         (
                             item.card.uuid or "",
@@ -280,10 +323,13 @@ class Suppressions:
     ) -> None:
         if not kept or subject.patient is None:
             return
-        patient_hash = self.hasher.hash("patient", subject.patient)
+        patient_hash = self.hasher.hash("patient", subject.scoped(subject.patient))
         encounter_hash = (
-            self.hasher.hash("encounter", subject.encounter) if subject.encounter else NO_ENCOUNTER
+            self.hasher.hash("encounter", subject.scoped(subject.encounter))
+            if subject.encounter
+            else NO_ENCOUNTER
         )
+        caller_hash = self.hasher.hash("caller", subject.caller)
         rows = [
             {
                 "card_uuid": item.card.uuid[:64],
@@ -293,6 +339,8 @@ class Suppressions:
                 "patient_hash": patient_hash,
                 "encounter_hash": encounter_hash,
                 "status": subject.status[:20] if subject.status else None,
+                "caller_hash": caller_hash,
+                "reasons": offered_reasons(item),
                 "issued_at": now,
             }
             for item in kept
@@ -301,19 +349,30 @@ class Suppressions:
         if rows:
             conn.execute(card_subjects.insert(), rows)
 
-    def apply_feedback(self, service_id: str, items: Iterable[FeedbackItem]) -> int:
-        """Create a suppression for each override whose reason suppresses; return how many."""
+    def caller_hashes(self, caller: Any) -> list[str]:
+        """The keyed hashes an issued card of this caller may carry (one per key)."""
+        return self.hasher.candidates("caller", caller_key(caller))
+
+    def apply_feedback(
+        self, service_id: str, items: Iterable[FeedbackItem], caller: Any = None
+    ) -> int:
+        """Create a suppression for each override whose reason suppresses; return how many.
+
+        Only a card issued to this caller counts, and only with a reason that card offered."""
         created = 0
+        callers = self.caller_hashes(caller)
         for item in items:
             reason = item.overrideReason.reason if item.overrideReason else None
             hours = self.policy.hours_for(reason.code if reason else None)
             if item.outcome != "overridden" or reason is None or hours <= 0:
                 continue
-            created += self._suppress(service_id, item.card[:64], reason.code[:100], hours)
+            created += self._suppress(service_id, item.card[:64], reason.code[:100], hours, callers)
         self.purge()
         return created
 
-    def _suppress(self, service_id: str, card_uuid: str, reason: str, hours: int) -> int:
+    def _suppress(
+        self, service_id: str, card_uuid: str, reason: str, hours: int, callers: list[str]
+    ) -> int:
         now = self.clock()
         for attempt in range(3):
             try:
@@ -324,9 +383,10 @@ class Suppressions:
                         sa.select(card_subjects).where(
                             card_subjects.c.card_uuid == card_uuid,
                             card_subjects.c.service_id == service_id,
+                            card_subjects.c.caller_hash.in_(callers),
                         )
                     ).first()
-                    if row is None:
+                    if row is None or reason not in (row.reasons or "").split(","):
                         return 0
                     scope = (
                         row.encounter_hash

@@ -187,7 +187,7 @@ def test_attacks_and_malformed_bodies_leave_no_phi_in_logs(
         KEY.token("https://other.example/"),
         KEY.token(url, iss="https://attacker.example"),
         stranger.token(url),
-        KEY.token(url, headers={"jku": "https://attacker.example/jwks"}),
+        stranger.token(url, headers={"jku": "https://attacker.example/jwks"}),
         "not-a-jwt",
     ]
     replayed = KEY.token(url)

@@ -2,13 +2,15 @@
 
 The service answers 200 to feedback only after its transaction has committed,
 so a worker that dies at any instant can lose only calls it has not answered.
-Here several clients post feedback without pause while workers are killed,
+Here several clients call the service and post feedback on the cards it answered,
+without pause, while workers are killed,
 one after another, with SIGKILL (no cleanup, no atexit); gunicorn starts new
 ones. Afterwards every feedback that got a 200 must be in the database.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -22,32 +24,48 @@ import sqlalchemy as sa
 
 from plugin.storage.schema import feedback
 from plugin.storage.store import create_db_engine
+from tests.support.paths import ROOT
 from tests.support.service_process import ServiceProcess, fresh_schema, http, postgres_url
 
 CLIENTS = 8
+# A suspected-mpox patient with all data inline: each call answers cards to give feedback on.
+DEMO_REQUEST = json.loads((ROOT / "plugin" / "cli" / "demo_request.json").read_text("utf-8"))
 KILLS = 3
 
 
 def post_until(
     stop: threading.Event, base: str, name: str, answered: list[str], failed: list[str]
 ) -> None:
-    url = f"{base}/cds-services/mkopper-patient-view/feedback"
+    """Call patient-view, then post an outcome for each card it answered, until ``stop``."""
+    url = f"{base}/cds-services/mkopper-patient-view"
     count = 0
     while not stop.is_set():
-        card = f"{name}-{count}"
         count += 1
-        body = {
-            "feedback": [
-                {"card": card, "outcome": "accepted", "outcomeTimestamp": "2026-11-25T10:15:00Z"}
-            ]
-        }
+        request = dict(DEMO_REQUEST, hookInstance=f"{name}-{count}")
         try:
-            status, _ = http("POST", url, body, timeout=10)
+            status, response = http("POST", url, request, timeout=10)
         except (OSError, HTTPException):
-            # The connection died with the worker: not answered, so nothing is promised.
-            failed.append(card)
+            continue  # the call died with the worker: no card to give feedback on
+        if status != 200:
             continue
-        (answered if status == 200 else failed).append(card)
+        for card in [card["uuid"] for card in response["cards"]]:
+            body = {
+                "feedback": [
+                    {
+                        "card": card,
+                        "outcome": "accepted",
+                        "outcomeTimestamp": "2026-11-25T10:15:00Z",
+                    }
+                ]
+            }
+            try:
+                status, answer = http("POST", f"{url}/feedback", body, timeout=10)
+            except (OSError, HTTPException):
+                # The connection died with the worker: not answered, so nothing is promised.
+                failed.append(card)
+                continue
+            recorded = status == 200 and answer["recorded"] == 1
+            (answered if recorded else failed).append(card)
 
 
 def kill_workers_under_load(service: ServiceProcess) -> tuple[list[str], list[str]]:

@@ -32,6 +32,8 @@ from tests.support.clock import START, Clock
 SERVICE = "sup-view"
 SECRET = "a" * 32
 OTHER_SECRET = "b" * 32
+# The override reasons a test card offers unless the request names others (testReasons).
+OFFERED = sorted(load_knowledge().content.override_reasons)
 
 
 def _evaluate(request: HookRequest, data: PrefetchData) -> Evaluation:
@@ -44,6 +46,10 @@ def _evaluate(request: HookRequest, data: PrefetchData) -> Evaluation:
                     summary=f"card {finding}",
                     indicator="warning",
                     source=Source(label="test", topic=Coding(code=finding, system="urn:test")),
+                    overrideReasons=[
+                        Coding(code=code, system="urn:test", display=code)
+                        for code in request.context.get("testReasons", OFFERED)
+                    ],
                 ),
                 finding=finding,
             )
@@ -263,11 +269,13 @@ def test_latest_override_decides_the_time(make_app: Any) -> None:
     clock = Clock(START)
     client = make_suppression_app(make_app, clock).test_client()
     first = call(client, ["notify-municipal-doctor"])
+    # A second card of the same kind, shown before the first was overridden (another hook),
+    # is overridden later, through another instance, with a shorter time.
+    second = call(client, ["notify-municipal-doctor"])
     override(client, first["notify-municipal-doctor"], "already-notified")
-    # A second card of the same kind (from another hook) overridden with a shorter time.
-    second = make_suppression_app(make_app, clock).test_client()
+    other_instance = make_suppression_app(make_app, clock).test_client()
     clock.now += timedelta(hours=1)
-    override(second, first["notify-municipal-doctor"], "postpone-24h")
+    override(other_instance, second["notify-municipal-doctor"], "postpone-24h")
     clock.now += timedelta(hours=24)
     assert set(call(client, ["notify-municipal-doctor"])) == {"notify-municipal-doctor"}
 
