@@ -240,7 +240,12 @@ class ClientLimits:
     connect_timeout_s: float = 0.5
     max_pages: int = 5  # Bundle pages followed per fetch
     max_entries: int = 10_000  # resources kept per fetch
-    max_bytes: int = 32 * 1024 * 1024  # one response body
+    # One response body. A search page of 1,000 Conditions is about 2 MB; the cap leaves room
+    # and keeps a hostile body from costing seconds of parsing and a gigabyte of memory.
+    max_bytes: int = 16 * 1024 * 1024
+    # JSON objects and arrays in one body, counted before it is parsed: each costs memory
+    # and time to build (31 MB of `{}` is ten million of them), real data has few per kB.
+    max_containers: int = 250_000
     pool_size: int = 16  # HTTP connections per host and worker threads for parallel fetch
 
 
@@ -432,6 +437,9 @@ class FhirClient:
             _current.watchdog = None
         if watchdog.fired:  # the body may have been cut short by the shutdown
             raise FhirUnavailable("The FHIR server did not answer in time.")
+        if raw.count(b"{") + raw.count(b"[") > self.limits.max_containers:
+            raise FhirError("The FHIR server's answer is too large.")
+        _remaining(deadline)  # no parsing once the budget is spent
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting

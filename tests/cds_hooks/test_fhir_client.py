@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -344,6 +345,35 @@ def test_entry_cap_truncates() -> None:
     assert len(result.resources) == 100
     assert result.truncated
     assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_a_body_of_millions_of_empty_objects_is_refused_before_it_is_parsed(
+    client: FhirClient,
+) -> None:
+    # Under the byte cap, but five million objects: parsing it took seconds and a gigabyte.
+    body = b'{"resourceType":"Bundle","type":"searchset","entry":[' + b"{}," * 5_000_000 + b"{}]}"
+    assert len(body) < ClientLimits().max_bytes
+    responses.get(f"{BASE}/{QUERY}", body=body, content_type="application/fhir+json")
+    tracemalloc.start()
+    try:
+        with pytest.raises(FhirError) as caught:
+            client.fetch(BASE, QUERY, TOKEN)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "too large" in str(caught.value)
+    # The body and its chunks, never the objects it describes (~400 MB parsed).
+    assert peak < 4 * len(body)
+
+
+@responses.activate
+def test_a_31_mb_body_is_over_the_default_cap(client: FhirClient) -> None:
+    body = b'{"resourceType":"Bundle","entry":[' + b"{}," * (31 * 1024 * 1024 // 3) + b"{}]}"
+    responses.get(f"{BASE}/{QUERY}", body=body, content_type="application/fhir+json")
+    with pytest.raises(FhirError) as caught:
+        client.fetch(BASE, QUERY, TOKEN)
+    assert "too large" in str(caught.value)
 
 
 @responses.activate
