@@ -109,7 +109,7 @@ def send_feedback(pair: Pair, instance: ServiceProcess, card: str, **item: Any) 
     entry.update(item)
     status, body = http("POST", instance.base + path, {"feedback": [entry]}, pair.token(path))
     assert status == 200, body
-    assert body == {"received": 1}
+    assert body == {"received": 1, "recorded": 1, "duplicates": 0, "unknown": 0}
 
 
 def stored(pair: Pair, card: str) -> list[Any]:
