@@ -133,8 +133,17 @@ class Matching(_Strict):
     negation_window_words: int = Field(default=4, ge=1, le=12)
     negation_before: tuple[str, ...] = ()
     negation_after: tuple[str, ...] = ()
+    # A Condition whose text names m-kopper as contact or exposure ("nærkontakt med mpox") is
+    # not a case: a trigger within the window before the name makes it exposure, not disease.
+    exposure_before: tuple[str, ...] = ()
+    # A laboratory result older than this many days (counted back from the call's clock) does
+    # not make a case today. None: no window.
+    laboratory_lookback_days: int | None = Field(default=None, ge=1, le=3650)
+    # Tests ("system|code", from the mkopper-laboratory-tests ValueSet) whose positive result
+    # makes a case probable, not confirmed: it counts as suspected.
+    laboratory_suspected_only: tuple[str, ...] = ()
 
-    @field_validator("negation_before", "negation_after")
+    @field_validator("negation_before", "negation_after", "exposure_before")
     @classmethod
     def _triggers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for trigger in value:
