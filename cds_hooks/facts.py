@@ -182,6 +182,16 @@ _SETTING_VALUESETS: tuple[tuple[CareSetting, str], ...] = (
 
 
 @dataclass(frozen=True, slots=True)
+class Basis:
+    """The evidence a status rests on, by kind and date only (never a name or an id):
+    ``laboratory`` (a positive result), ``diagnosis`` (a Condition) or ``order`` (a test)."""
+
+    kind: str
+    date: dt.date | None
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     status: Status
     status_evidence: tuple[str, ...] = ()
@@ -199,6 +209,8 @@ class Facts:
     read_leniently: int = 0
     # m-kopper laboratory results left out because they are older than the lookback window.
     laboratory_outside_window: int = 0
+    # The evidence the status rests on (strongest status, latest date); None without a status.
+    basis: Basis | None = None
 
     @property
     def active(self) -> bool:
@@ -488,9 +500,19 @@ class _Reading:
     # The latest date of a resolved or refuted m-kopper Condition.
     ruled_out_at: dt.datetime | None = None
 
-    def saw(self, status: Status, reference: str) -> None:
+    bases: list[Basis] = field(default_factory=list)
+
+    def saw(self, status: Status, reference: str, basis: Basis | None = None) -> None:
         self.status = max(self.status, status)
         self.evidence.append(reference)
+        if basis is not None:
+            self.bases.append(basis)
+
+    def basis(self) -> Basis | None:
+        strongest = [b for b in self.bases if b.status is self.status]
+        if self.status is Status.NONE or not strongest:
+            return None
+        return max(strongest, key=lambda b: b.date or dt.date.min)
 
 
 def _names_exposure(matching: Matching, concept: Any) -> bool:
@@ -533,7 +555,11 @@ def _read_conditions(knowledge: Knowledge, conditions: Iterable[Any], reading: _
             reading.lenient += 1
         found = condition_status(condition)
         if found is not Status.NONE:
-            reading.saw(found, _reference(condition))
+            recorded = _instant(condition.get("recordedDate")) or _instant(
+                condition.get("onsetDateTime")
+            )
+            basis = Basis("diagnosis", recorded.date() if recorded else None, found)
+            reading.saw(found, _reference(condition), basis)
         elif (
             _status_code(
                 condition.get("verificationStatus"),
@@ -599,9 +625,10 @@ def _read_laboratory(
     results.sort(key=lambda item: (item[0], item[1]))  # a positive wins a tie: it sorts last
     if not results:
         return False
-    _, latest_positive, latest_ref, strength = results[-1]
+    when, latest_positive, latest_ref, strength = results[-1]
     if latest_positive:
-        reading.saw(strength, latest_ref)
+        date = when.date() if when != _EARLIEST else None
+        reading.saw(strength, latest_ref, Basis("laboratory", date, strength))
         return False
     return any(positive for _, positive, _, _ in results)
 
@@ -622,6 +649,7 @@ def _read_orders(knowledge: Knowledge, orders: Sequence[Any] | None, reading: _R
     lab_tests = knowledge.valueset("mkopper-laboratory-tests")
     aerosol_evidence: list[str] = []
     test_evidence: list[str] = []
+    test_dates: list[dt.date] = []
     for order in _of_type(orders, "ServiceRequest"):
         is_test = _concept_in(order.get("code"), lab_tests)
         is_aerosol = _is_aerosol_generating(knowledge, order)
@@ -636,9 +664,14 @@ def _read_orders(knowledge: Knowledge, orders: Sequence[Any] | None, reading: _R
             aerosol_evidence.append(_reference(order))
         if is_test:
             test_evidence.append(_reference(order))
+            authored = _instant(order.get("authoredOn"))
+            if authored is not None:
+                test_dates.append(authored.date())
     if test_evidence and reading.status is Status.NONE:
         reading.status = Status.SUSPECTED
         reading.evidence.extend(test_evidence)
+        date = max(test_dates) if test_dates else None
+        reading.bases.append(Basis("order", date, Status.SUSPECTED))
     return _Orders(
         aerosol=bool(aerosol_evidence),
         aerosol_evidence=tuple(aerosol_evidence),
@@ -676,4 +709,5 @@ def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
         skipped=reading.skipped + bad_encounters,
         read_leniently=reading.lenient,
         laboratory_outside_window=reading.outside_window,
+        basis=reading.basis(),
     )

@@ -193,6 +193,19 @@ class NotificationRecord(_Strict):
     payload: Text
 
 
+class EvidenceContent(_Strict):
+    """The evidence line on every card: what the status rests on, by kind and date only.
+    ``{date}`` is filled in (dd.mm.yyyy); ``{status}`` with ``suspected`` or ``confirmed``."""
+
+    line: Text  # "Grunnlag: {basis}"
+    laboratory: Text
+    diagnosis: Text
+    order: Text
+    undated: Text
+    suspected: Text
+    confirmed: Text
+
+
 class ServiceContent(_Strict):
     title: Text
     description: Text
@@ -208,6 +221,8 @@ class Content(_Strict):
     findings: dict[Key, FindingContent] = Field(min_length=1)
     notification_record: NotificationRecord
     services: dict[Key, ServiceContent]
+    # Optional: without it the cards carry no evidence line.
+    evidence: EvidenceContent | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Content:

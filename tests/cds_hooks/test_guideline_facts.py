@@ -10,8 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds_hooks.facts import CareSetting, Sources, Status, derive_facts, names_mkopper
+from cds_hooks.cards import RenderContext, render_cards
+from cds_hooks.facts import Basis, CareSetting, Sources, Status, derive_facts, names_mkopper
 from cds_hooks.knowledge import default_content_path, load_knowledge
+from cds_hooks.rules import Finding
 
 SCT = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -668,3 +670,31 @@ def test_malformed_mkopper_observation_is_read_leniently(knowledge: Any) -> None
     facts = derive_facts(knowledge, Sources(observations=[broken], now=NOW))
     assert facts.status is Status.CONFIRMED
     assert facts.read_leniently == 1
+
+
+# --- The evidence line: kind and date, never a name or an id -------------------------------------
+
+
+def test_basis_names_kind_date_and_status(knowledge: Any) -> None:
+    positive = observation("o1", "260373001", "2026-11-24T10:00:00+01:00")
+    facts = derive_facts(knowledge, Sources(observations=[positive], now=NOW))
+    assert facts.basis == Basis("laboratory", dt.date(2026, 11, 24), Status.CONFIRMED)
+    suspected = condition(MPOX, "provisional", recordedDate="2026-11-20")
+    facts = derive_facts(knowledge, Sources(conditions=[suspected]))
+    assert facts.basis == Basis("diagnosis", dt.date(2026, 11, 20), Status.SUSPECTED)
+    # The strongest status decides which evidence the line names.
+    facts = derive_facts(knowledge, Sources(conditions=[suspected], observations=[positive]))
+    assert facts.basis is not None and facts.basis.kind == "laboratory"
+    assert derive_facts(knowledge, Sources()).basis is None
+
+
+def test_card_carries_the_evidence_line_without_ids(knowledge: Any) -> None:
+    basis = Basis("laboratory", dt.date(2026, 11, 24), Status.CONFIRMED)
+    finding = Finding("infectious-period", ("Observation/obs-secret-id",), basis)
+    [issued] = render_cards(knowledge, [finding], RenderContext(patient_id="p-secret"))
+    detail = issued.card.detail or ""
+    assert "Grunnlag: prøvesvar påvist 24.11.2026 (bekreftet)" in detail
+    assert "secret" not in detail
+    undated = Finding("infectious-period", (), Basis("diagnosis", None, Status.SUSPECTED))
+    [issued] = render_cards(knowledge, [undated], RenderContext(patient_id="p"), language="en")
+    assert "Based on: diagnosis recorded undated (suspected)" in (issued.card.detail or "")
