@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cds_hooks.facts import Status
 from cds_hooks.knowledge import FindingContent, Knowledge, Language
 from cds_hooks.models import URGENCY, Action, Card, Coding, Link, Source, Suggestion
 from cds_hooks.rules import NOTIFY_MUNICIPAL_DOCTOR, Finding
@@ -87,6 +88,24 @@ def notification_record(
     return resource
 
 
+def _basis_line(knowledge: Knowledge, finding: Finding, language: Language) -> str | None:
+    """ "Grunnlag: prøvesvar påvist 24.11.2026 (bekreftet)": kind and date, never a name or id."""
+    evidence, basis = knowledge.content.evidence, finding.basis
+    if evidence is None or basis is None:
+        return None
+    template = {
+        "laboratory": evidence.laboratory,
+        "diagnosis": evidence.diagnosis,
+        "order": evidence.order,
+    }.get(basis.kind)
+    if template is None:
+        return None
+    status = evidence.confirmed if basis.status is Status.CONFIRMED else evidence.suspected
+    date = basis.date.strftime("%d.%m.%Y") if basis.date else evidence.undated.get(language)
+    text = template.get(language).format(date=date, status=status.get(language))
+    return evidence.line.get(language).format(basis=text)
+
+
 def _card(
     knowledge: Knowledge, group: Sequence[Finding], context: RenderContext, language: Language
 ) -> Card:
@@ -97,6 +116,9 @@ def _card(
 
     sections = list(dict.fromkeys(section for part in parts for section in part.sections))
     detail = "\n\n".join(part.detail.get(language) for part in parts)
+    basis = _basis_line(knowledge, host, language)
+    if basis:
+        detail = f"{detail}\n\n{basis}"
     detail = f"{detail}\n\n---\n\n_{_footer(knowledge, sections, language)}_"
 
     links: dict[str, Link] = {}

@@ -107,6 +107,43 @@ _ICD_SUBDIVISION = re.compile(r"^([A-Z]\d\d)(?:\.?(?:\d{1,2}|X))?$")
 _SUSPECTED = frozenset({"unconfirmed", "provisional", "differential"})
 _NOT_MKOPPER = frozenset({"refuted", "entered-in-error"})
 _ACTIVE = frozenset({"active", "recurrence", "relapse"})
+# Statuses as EHRs send them: a coding without a system is read by its code when the code is
+# one of the known codes; a status sent only as (Norwegian) text is read by its words.
+_VERIFICATION_CODES = frozenset(
+    {"unconfirmed", "provisional", "differential", "confirmed", "refuted", "entered-in-error"}
+)
+_CLINICAL_CODES = frozenset(
+    {"active", "recurrence", "relapse", "inactive", "remission", "resolved"}
+)
+_VERIFICATION_WORDS: dict[str, str] = {
+    "bekreftet": "confirmed",
+    "bekrefta": "confirmed",
+    "confirmed": "confirmed",
+    "mistenkt": "unconfirmed",
+    "mistanke": "unconfirmed",
+    "suspected": "unconfirmed",
+    "foreløpig": "provisional",
+    "avkreftet": "refuted",
+    "avkrefta": "refuted",
+    "utelukket": "refuted",
+    "refuted": "refuted",
+    "feilregistrert": "entered-in-error",
+}
+_CLINICAL_WORDS: dict[str, str] = {
+    "aktiv": "active",
+    "active": "active",
+    "tilbakefall": "recurrence",
+    "inaktiv": "inactive",
+    "inactive": "inactive",
+    "løst": "resolved",
+    "resolved": "resolved",
+    "remisjon": "remission",
+}
+# Laboratory results sent as text (valueString). Negative phrases are read first: "ikke påvist"
+# holds "påvist". Inconclusive words make a result that neither confirms nor withdraws.
+_RESULT_NEGATIVE = ("ikke påvist", "ikkje påvist", "ikke funnet", "negativ", "not detected")
+_RESULT_INCONCLUSIVE = ("usikker", "inkonklusiv", "inconclusive", "uavklart", "grensever")
+_RESULT_POSITIVE = ("påvist", "positiv", "detected")
 _OBSERVATION_COUNTS = frozenset({"final", "amended", "corrected", "preliminary"})
 _ORDER_COUNTS = frozenset({"draft", "active", "on-hold"})
 _ENCOUNTER_VOID = frozenset({"cancelled", "entered-in-error"})
@@ -145,6 +182,16 @@ _SETTING_VALUESETS: tuple[tuple[CareSetting, str], ...] = (
 
 
 @dataclass(frozen=True, slots=True)
+class Basis:
+    """The evidence a status rests on, by kind and date only (never a name or an id):
+    ``laboratory`` (a positive result), ``diagnosis`` (a Condition) or ``order`` (a test)."""
+
+    kind: str
+    date: dt.date | None
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     status: Status
     status_evidence: tuple[str, ...] = ()
@@ -157,6 +204,13 @@ class Facts:
     mkopper_test_evidence: tuple[str, ...] = ()
     laboratory_negative_after_positive: bool = False
     skipped: int = 0  # malformed resources left out
+    # Resources that fail strict R4 validation but name m-kopper: read field by field instead
+    # of being dropped. The caller logs and counts this number (no patient data).
+    read_leniently: int = 0
+    # m-kopper laboratory results left out because they are older than the lookback window.
+    laboratory_outside_window: int = 0
+    # The evidence the status rests on (strongest status, latest date); None without a status.
+    basis: Basis | None = None
 
     @property
     def active(self) -> bool:
@@ -173,6 +227,9 @@ class Sources:
     encounters: Sequence[dict[str, Any]] | None = None
     encounter_id: str | None = None
     orders: Sequence[dict[str, Any]] | None = None
+    # The call's clock: the lookback window of laboratory results is counted back from it.
+    # None: no window is applied (the caller did not say what time it is).
+    now: dt.datetime | None = None
 
 
 # --- Small readers of raw FHIR (defensive: anything may be any type) ---------------------------
@@ -255,12 +312,39 @@ def _first_code(concept: Any, system: str) -> str | None:
     return None
 
 
+def _status_code(
+    concept: Any, system: str, known: frozenset[str], words: dict[str, str]
+) -> str | None:
+    """A status code as EHRs send it: the coding in ``system``; else a coding without a system
+    whose code is known; else the status's text or display read by its words. Anything else is
+    unknown (``None``)."""
+    codings = _codings(concept)
+    code = _first_code(concept, system)
+    if code is not None:
+        return code
+    for coding_system, coding_code, _ in codings:
+        if coding_system is None and coding_code and coding_code.lower() in known:
+            return coding_code.lower()
+    texts = [display for _, _, display in codings if display]
+    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
+        texts.append(concept["text"])
+    for text in texts:
+        normal = normalise_text(text).strip()
+        if normal in words:
+            return words[normal]
+    return None
+
+
 def condition_status(condition: dict[str, Any]) -> Status:
     """The status one m-kopper Condition gives (its code already matched)."""
-    verification = _first_code(condition.get("verificationStatus"), VER_STATUS)
+    verification = _status_code(
+        condition.get("verificationStatus"), VER_STATUS, _VERIFICATION_CODES, _VERIFICATION_WORDS
+    )
     if verification in _NOT_MKOPPER:
         return Status.NONE
-    clinical = _first_code(condition.get("clinicalStatus"), CLINICAL_STATUS)
+    clinical = _status_code(
+        condition.get("clinicalStatus"), CLINICAL_STATUS, _CLINICAL_CODES, _CLINICAL_WORDS
+    )
     if clinical is not None and clinical not in _ACTIVE:
         return Status.NONE
     if clinical is None and any(key.startswith("abatement") for key in condition):
@@ -303,17 +387,37 @@ def _observation_time(observation: dict[str, Any]) -> dt.datetime:
     return _EARLIEST
 
 
+def _text_result(value: Any) -> bool | None:
+    """A result sent as text: påvist / ikke påvist / positiv / negativ; inconclusive is None."""
+    if not isinstance(value, str):
+        return None
+    normal = normalise_text(value)
+    if any(phrase in normal for phrase in _RESULT_NEGATIVE):
+        return False
+    if any(phrase in normal for phrase in _RESULT_INCONCLUSIVE):
+        return None
+    if any(re.search(rf"(?<!\w){phrase}", normal) for phrase in _RESULT_POSITIVE):
+        return True
+    return None
+
+
 def _result(knowledge: Knowledge, observation: dict[str, Any]) -> bool | None:
     """True positive, False negative, None neither (inconclusive, missing, other)."""
     positive = knowledge.valueset("laboratory-result-positive")
     negative = knowledge.valueset("laboratory-result-negative")
     value = observation.get("valueCodeableConcept")
+    if "valueString" in observation:
+        text = _text_result(observation.get("valueString"))
+        if text is not None:
+            return text
     # The value is the result; interpretation is the fallback when the value says nothing.
     for concept in [value, *_list(observation.get("interpretation"))]:
         if _concept_in(concept, positive):
             return True
         if _concept_in(concept, negative):
             return False
+    if isinstance(value, dict):
+        return _text_result(value.get("text"))
     return None
 
 
@@ -391,49 +495,142 @@ class _Reading:
     status: Status = Status.NONE
     evidence: list[str] = field(default_factory=list)
     skipped: int = 0
+    lenient: int = 0
+    outside_window: int = 0
+    # The latest date of a resolved or refuted m-kopper Condition.
+    ruled_out_at: dt.datetime | None = None
 
-    def saw(self, status: Status, reference: str) -> None:
+    bases: list[Basis] = field(default_factory=list)
+
+    def saw(self, status: Status, reference: str, basis: Basis | None = None) -> None:
         self.status = max(self.status, status)
         self.evidence.append(reference)
+        if basis is not None:
+            self.bases.append(basis)
+
+    def basis(self) -> Basis | None:
+        strongest = [b for b in self.bases if b.status is self.status]
+        if self.status is Status.NONE or not strongest:
+            return None
+        return max(strongest, key=lambda b: b.date or dt.date.min)
+
+
+def _names_exposure(matching: Matching, concept: Any) -> bool:
+    """The Condition's text names m-kopper as contact or exposure ("nærkontakt med mpox")."""
+    if not matching.exposure_before:
+        return False
+    texts = [display for _, _, display in _codings(concept) if display]
+    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
+        texts.append(concept["text"])
+    window = matching.negation_window_words
+    for text in texts:
+        normal = normalise_text(text)
+        for found in TEXT_PATTERN.finditer(normal):
+            before_text = _SCOPE_END.split(normal[: found.start()])[-1]
+            words = [w for word in _WORD.findall(before_text)[-window:] for w in word.split("-")]
+            if _is_trigger_any(words, matching.exposure_before):
+                return True
+    return False
+
+
+def _condition_date(condition: dict[str, Any]) -> dt.datetime | None:
+    """The latest date a Condition carries (recorded, abated, asserted): when it was said."""
+    dates = [
+        _instant(condition.get(key))
+        for key in ("recordedDate", "abatementDateTime", "assertedDate", "onsetDateTime")
+    ]
+    known = [date for date in dates if date is not None]
+    return max(known) if known else None
 
 
 def _read_conditions(knowledge: Knowledge, conditions: Iterable[Any], reading: _Reading) -> None:
-    """Step 1: m-kopper Conditions give a status by their clinical and verification status."""
+    """Step 1: m-kopper Conditions give a status by their clinical and verification status.
+    A Condition that fails strict validation is read field by field and counted."""
     for condition in _of_type(conditions, "Condition"):
         if not names_mkopper(knowledge, condition.get("code")):
             continue
-        if not _validates(condition, "Condition"):
-            reading.skipped += 1
+        if _names_exposure(knowledge.content.matching, condition.get("code")):
             continue
+        if not _validates(condition, "Condition"):
+            reading.lenient += 1
         found = condition_status(condition)
         if found is not Status.NONE:
-            reading.saw(found, _reference(condition))
+            recorded = _instant(condition.get("recordedDate")) or _instant(
+                condition.get("onsetDateTime")
+            )
+            basis = Basis("diagnosis", recorded.date() if recorded else None, found)
+            reading.saw(found, _reference(condition), basis)
+        elif (
+            _status_code(
+                condition.get("verificationStatus"),
+                VER_STATUS,
+                _VERIFICATION_CODES,
+                _VERIFICATION_WORDS,
+            )
+            != "entered-in-error"
+        ):
+            # Resolved or refuted: no older positive result may bring it back. (Entered in
+            # error says nothing about the disease.)
+            date = _condition_date(condition)
+            if date is not None:
+                reading.ruled_out_at = max(reading.ruled_out_at or date, date)
 
 
-def _read_laboratory(knowledge: Knowledge, observations: Iterable[Any], reading: _Reading) -> bool:
-    """Step 2: the latest m-kopper result decides; a positive one confirms. Returns whether a
-    negative result came after a positive one."""
-    lab_tests = knowledge.valueset("mkopper-laboratory-tests")
-    results: list[tuple[dt.datetime, bool, str]] = []
+def _is_mkopper_test(knowledge: Knowledge, concept: Any) -> bool:
+    """A test in the ValueSet, or a local test code whose text or display names m-kopper."""
+    if _concept_in(concept, knowledge.valueset("mkopper-laboratory-tests")):
+        return True
+    texts = [display for _, _, display in _codings(concept) if display]
+    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
+        texts.append(concept["text"])
+    return any(_mention(knowledge.content.matching, text) is True for text in texts)
+
+
+def _suspected_only(knowledge: Knowledge, concept: Any) -> bool:
+    only = set(knowledge.content.matching.laboratory_suspected_only)
+    return any(f"{system}|{code}" in only for system, code, _ in _codings(concept))
+
+
+def _read_laboratory(
+    knowledge: Knowledge, observations: Iterable[Any], reading: _Reading, now: dt.datetime | None
+) -> bool:
+    """Step 2: the latest m-kopper result decides; a positive one confirms (a positive generic
+    orthopoxvirus test only suspects). Results older than the lookback window, and results
+    older than a resolved or refuted Condition, do not count. An inconclusive result is no
+    result: it never undoes a positive one. Returns whether a negative result came after a
+    positive one."""
+    days = knowledge.content.matching.laboratory_lookback_days
+    since = now - dt.timedelta(days=days) if now is not None and days is not None else None
+    results: list[tuple[dt.datetime, bool, str, Status]] = []
     for observation in _of_type(observations, "Observation"):
-        if not _concept_in(observation.get("code"), lab_tests):
+        code = observation.get("code")
+        if not _is_mkopper_test(knowledge, code):
             continue
         if not _validates(observation, "Observation"):
-            reading.skipped += 1
-            continue
-        if observation.get("status") not in _OBSERVATION_COUNTS:
+            reading.lenient += 1
+        status = observation.get("status")
+        if not isinstance(status, str) or status not in _OBSERVATION_COUNTS:
             continue
         result = _result(knowledge, observation)
-        if result is not None:
-            results.append((_observation_time(observation), result, _reference(observation)))
+        if result is None:
+            continue
+        when = _observation_time(observation)
+        if since is not None and when < since:
+            reading.outside_window += 1
+            continue
+        if reading.ruled_out_at is not None and when <= reading.ruled_out_at:
+            continue
+        strength = Status.SUSPECTED if _suspected_only(knowledge, code) else Status.CONFIRMED
+        results.append((when, result, _reference(observation), strength))
     results.sort(key=lambda item: (item[0], item[1]))  # a positive wins a tie: it sorts last
     if not results:
         return False
-    _, latest_positive, latest_ref = results[-1]
+    when, latest_positive, latest_ref, strength = results[-1]
     if latest_positive:
-        reading.saw(Status.CONFIRMED, latest_ref)
+        date = when.date() if when != _EARLIEST else None
+        reading.saw(strength, latest_ref, Basis("laboratory", date, strength))
         return False
-    return any(positive for _, positive, _ in results)
+    return any(positive for _, positive, _, _ in results)
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,23 +649,29 @@ def _read_orders(knowledge: Knowledge, orders: Sequence[Any] | None, reading: _R
     lab_tests = knowledge.valueset("mkopper-laboratory-tests")
     aerosol_evidence: list[str] = []
     test_evidence: list[str] = []
+    test_dates: list[dt.date] = []
     for order in _of_type(orders, "ServiceRequest"):
         is_test = _concept_in(order.get("code"), lab_tests)
         is_aerosol = _is_aerosol_generating(knowledge, order)
         if not (is_test or is_aerosol):
             continue
         if not _validates(order, "ServiceRequest"):
-            reading.skipped += 1
-            continue
-        if order.get("status") not in _ORDER_COUNTS:
+            reading.lenient += 1
+        status = order.get("status")
+        if not isinstance(status, str) or status not in _ORDER_COUNTS:
             continue
         if is_aerosol:
             aerosol_evidence.append(_reference(order))
         if is_test:
             test_evidence.append(_reference(order))
+            authored = _instant(order.get("authoredOn"))
+            if authored is not None:
+                test_dates.append(authored.date())
     if test_evidence and reading.status is Status.NONE:
         reading.status = Status.SUSPECTED
         reading.evidence.extend(test_evidence)
+        date = max(test_dates) if test_dates else None
+        reading.bases.append(Basis("order", date, Status.SUSPECTED))
     return _Orders(
         aerosol=bool(aerosol_evidence),
         aerosol_evidence=tuple(aerosol_evidence),
@@ -481,7 +684,9 @@ def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
     """The facts of one call, in named steps: conditions, laboratory, orders, care setting."""
     reading = _Reading()
     _read_conditions(knowledge, sources.conditions or [], reading)
-    negative_after_positive = _read_laboratory(knowledge, sources.observations or [], reading)
+    negative_after_positive = _read_laboratory(
+        knowledge, sources.observations or [], reading, sources.now
+    )
     orders = _read_orders(knowledge, sources.orders, reading)
     setting: CareSetting = CareSetting.UNKNOWN
     setting_evidence: tuple[str, ...] = ()
@@ -502,4 +707,7 @@ def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
         mkopper_test_evidence=orders.test_evidence,
         laboratory_negative_after_positive=negative_after_positive,
         skipped=reading.skipped + bad_encounters,
+        read_leniently=reading.lenient,
+        laboratory_outside_window=reading.outside_window,
+        basis=reading.basis(),
     )

@@ -133,8 +133,17 @@ class Matching(_Strict):
     negation_window_words: int = Field(default=4, ge=1, le=12)
     negation_before: tuple[str, ...] = ()
     negation_after: tuple[str, ...] = ()
+    # A Condition whose text names m-kopper as contact or exposure ("nærkontakt med mpox") is
+    # not a case: a trigger within the window before the name makes it exposure, not disease.
+    exposure_before: tuple[str, ...] = ()
+    # A laboratory result older than this many days (counted back from the call's clock) does
+    # not make a case today. None: no window.
+    laboratory_lookback_days: int | None = Field(default=None, ge=1, le=3650)
+    # Tests ("system|code", from the mkopper-laboratory-tests ValueSet) whose positive result
+    # makes a case probable, not confirmed: it counts as suspected.
+    laboratory_suspected_only: tuple[str, ...] = ()
 
-    @field_validator("negation_before", "negation_after")
+    @field_validator("negation_before", "negation_after", "exposure_before")
     @classmethod
     def _triggers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for trigger in value:
@@ -184,6 +193,19 @@ class NotificationRecord(_Strict):
     payload: Text
 
 
+class EvidenceContent(_Strict):
+    """The evidence line on every card: what the status rests on, by kind and date only.
+    ``{date}`` is filled in (dd.mm.yyyy); ``{status}`` with ``suspected`` or ``confirmed``."""
+
+    line: Text  # "Grunnlag: {basis}"
+    laboratory: Text
+    diagnosis: Text
+    order: Text
+    undated: Text
+    suspected: Text
+    confirmed: Text
+
+
 class ServiceContent(_Strict):
     title: Text
     description: Text
@@ -199,6 +221,8 @@ class Content(_Strict):
     findings: dict[Key, FindingContent] = Field(min_length=1)
     notification_record: NotificationRecord
     services: dict[Key, ServiceContent]
+    # Optional: without it the cards carry no evidence line.
+    evidence: EvidenceContent | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Content:

@@ -8,9 +8,9 @@ setting is unknown still gets the droplet precautions that apply in every settin
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from cds_hooks.facts import CareSetting, Facts, Status
+from cds_hooks.facts import Basis, CareSetting, Facts, Status
 
 NOTIFY_MUNICIPAL_DOCTOR = "notify-municipal-doctor"
 ISOLATION_INPATIENT = "isolation-inpatient"
@@ -31,6 +31,7 @@ _OUTPATIENT_RULES = frozenset({CareSetting.OUTPATIENT, CareSetting.EMERGENCY})
 class Finding:
     key: str
     evidence: tuple[str, ...] = ()
+    basis: Basis | None = None  # what the status rests on, by kind and date (for the card)
 
 
 Rule = Callable[[Facts], Finding | None]
@@ -150,7 +151,11 @@ FINDINGS: frozenset[str] = frozenset(
 
 def evaluate_rules(facts: Facts, wanted: Collection[str] | None = None) -> list[Finding]:
     """Every finding the rules give for these facts, limited to ``wanted`` keys if given."""
-    findings = [finding for rule in RULES if (finding := rule(facts)) is not None]
+    findings = [
+        replace(finding, basis=facts.basis)
+        for rule in RULES
+        if (finding := rule(facts)) is not None
+    ]
     if wanted is not None:
         findings = [finding for finding in findings if finding.key in wanted]
     return findings

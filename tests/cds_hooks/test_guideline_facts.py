@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds_hooks.facts import CareSetting, Sources, Status, derive_facts, names_mkopper
+from cds_hooks.cards import RenderContext, render_cards
+from cds_hooks.facts import Basis, CareSetting, Sources, Status, derive_facts, names_mkopper
 from cds_hooks.knowledge import default_content_path, load_knowledge
+from cds_hooks.rules import Finding
 
 SCT = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -168,16 +171,18 @@ def test_strongest_condition_wins(knowledge: Any) -> None:
     assert facts.status_evidence == ("Condition/c2",)
 
 
-def test_malformed_condition_is_skipped_and_counted(knowledge: Any) -> None:
+def test_malformed_mkopper_condition_is_read_leniently_and_counted(knowledge: Any) -> None:
     broken = condition(MPOX, "confirmed")
     broken["subject"] = "Patient/p"  # not a Reference
     unrelated_broken = {"resourceType": "Condition", "code": {"text": "Pneumoni"}, "subject": 1}
     facts = derive_facts(
         knowledge, Sources(conditions=[broken, unrelated_broken, "not a resource", None])
     )
-    assert facts.status is Status.NONE
+    # It names m-kopper, so it is not silently dropped: the fields the rules need are read.
+    assert facts.status is Status.CONFIRMED
     # Only the m-kopper Condition is validated (filter by code first); so only it is counted.
-    assert facts.skipped == 1
+    assert facts.read_leniently == 1
+    assert facts.skipped == 0
 
 
 def test_no_data_is_unknown_not_no(knowledge: Any) -> None:
@@ -497,3 +502,199 @@ def test_negation_triggers_must_be_lower_case_words() -> None:
     with pytest.raises(ValidationError):
         Matching(negation_after=(" ",))
     assert Matching(negation_after=("vaksin*",)).negation_after == ("vaksin*",)
+
+
+# --- What counts as a case on real records (issue 14) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ver", "clin", "expected"),
+    [
+        ({"coding": [{"code": "confirmed"}]}, None, Status.CONFIRMED),
+        ({"coding": [{"code": "refuted"}]}, None, Status.NONE),
+        ({"coding": [{"code": "provisional"}]}, None, Status.SUSPECTED),
+        ({"text": "Bekreftet"}, None, Status.CONFIRMED),
+        ({"text": "avkreftet"}, None, Status.NONE),
+        ({"text": "Mistenkt"}, None, Status.SUSPECTED),
+        ({"coding": [{"display": "bekreftet"}]}, None, Status.CONFIRMED),
+        # Unknown is never read as confirmed.
+        ({"text": "sikker"}, None, Status.SUSPECTED),
+        ({"coding": [{"system": "urn:local", "code": "confirmed"}]}, None, Status.SUSPECTED),
+        ({"coding": [{"code": "bekreftet-ish"}]}, None, Status.SUSPECTED),
+        ({"coding": [{"code": "confirmed"}]}, {"coding": [{"code": "resolved"}]}, Status.NONE),
+        ({"coding": [{"code": "confirmed"}]}, {"text": "Løst"}, Status.NONE),
+        ({"coding": [{"code": "confirmed"}]}, {"text": "inaktiv"}, Status.NONE),
+        ({"coding": [{"code": "confirmed"}]}, {"text": "Aktiv"}, Status.CONFIRMED),
+    ],
+)
+def test_statuses_as_ehrs_send_them(
+    knowledge: Any, ver: dict[str, Any], clin: dict[str, Any] | None, expected: Status
+) -> None:
+    resource = condition(MPOX, None, None, verificationStatus=ver)
+    if clin is not None:
+        resource["clinicalStatus"] = clin
+    facts = derive_facts(knowledge, Sources(conditions=[resource]))
+    assert facts.status is expected
+
+
+NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
+
+
+def text_observation(oid: str, value: str, when: str, code: dict[str, Any] | None = None) -> Any:
+    resource = observation(oid, None, when)
+    resource["valueString"] = value
+    if code is not None:
+        resource["code"] = code
+    return resource
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Påvist", Status.CONFIRMED),
+        ("MPXV DNA påvist", Status.CONFIRMED),
+        ("positiv", Status.CONFIRMED),
+        ("Detected", Status.CONFIRMED),
+        ("Ikke påvist", Status.NONE),
+        ("negativ", Status.NONE),
+        ("Not detected", Status.NONE),
+        ("usikker", Status.NONE),
+        ("Inkonklusiv", Status.NONE),
+        ("inconclusive", Status.NONE),
+        ("se kommentar", Status.NONE),
+    ],
+)
+def test_value_string_results(knowledge: Any, value: str, expected: Status) -> None:
+    facts = derive_facts(
+        knowledge,
+        Sources(observations=[text_observation("o1", value, "2026-12-01")], now=NOW),
+    )
+    assert facts.status is expected
+
+
+def test_value_codeable_concept_text_only(knowledge: Any) -> None:
+    resource = observation("o1", None, "2026-12-01")
+    resource["valueCodeableConcept"] = {"text": "Påvist"}
+    facts = derive_facts(knowledge, Sources(observations=[resource], now=NOW))
+    assert facts.status is Status.CONFIRMED
+
+
+def test_local_test_code_counts_when_its_text_names_mkopper(knowledge: Any) -> None:
+    local = {"coding": [{"system": "urn:oid:2.16.578.1.12.4.1.1.9999", "code": "MPX"}]}
+    named = {**local, "text": "Mpox-virus DNA (PCR)"}
+    other = {**local, "text": "Vannkopper (VZV) DNA"}
+    assert (
+        derive_facts(
+            knowledge, Sources(observations=[text_observation("o1", "påvist", "2026-12-01", named)])
+        ).status
+        is Status.CONFIRMED
+    )
+    for code in (local, other):
+        facts = derive_facts(
+            knowledge, Sources(observations=[text_observation("o1", "påvist", "2026-12-01", code)])
+        )
+        assert facts.status is Status.NONE
+
+
+def test_inconclusive_after_positive_never_undoes_it(knowledge: Any) -> None:
+    positive = observation("o1", "260373001", "2026-11-28")
+    inconclusive = observation("o2", "419984006", "2026-11-30")
+    usikker = text_observation("o3", "usikker", "2026-12-01")
+    facts = derive_facts(
+        knowledge, Sources(observations=[positive, inconclusive, usikker], now=NOW)
+    )
+    assert facts.status is Status.CONFIRMED
+    assert facts.status_evidence == ("Observation/o1",)
+    assert facts.laboratory_negative_after_positive is False
+
+
+def test_positive_orthopoxvirus_test_is_suspected_not_confirmed(knowledge: Any) -> None:
+    ortho = observation("o1", "260373001", "2026-12-01")
+    ortho["code"] = {"coding": [{"system": LOINC, "code": "100434-0"}]}
+    assert derive_facts(knowledge, Sources(observations=[ortho])).status is Status.SUSPECTED
+    mpox = observation("o2", "260373001", "2026-12-01")
+    assert derive_facts(knowledge, Sources(observations=[mpox])).status is Status.CONFIRMED
+
+
+def test_lookback_window_from_the_calls_clock(knowledge: Any) -> None:
+    days = knowledge.content.matching.laboratory_lookback_days
+    assert days == 42
+    inside = (NOW - dt.timedelta(days=days - 1)).isoformat()
+    outside = (NOW - dt.timedelta(days=days + 1)).isoformat()
+    facts = derive_facts(
+        knowledge, Sources(observations=[observation("o1", "10828004", inside)], now=NOW)
+    )
+    assert facts.status is Status.CONFIRMED
+    facts = derive_facts(
+        knowledge, Sources(observations=[observation("o1", "10828004", outside)], now=NOW)
+    )
+    assert facts.status is Status.NONE
+    assert facts.laboratory_outside_window == 1
+    # A 2022 PCR is not a case today.
+    old = observation("o1", "10828004", "2022-08-01")
+    assert derive_facts(knowledge, Sources(observations=[old], now=NOW)).status is Status.NONE
+
+
+def test_resolved_or_refuted_condition_not_brought_back_by_older_positive(knowledge: Any) -> None:
+    positive = observation("o1", "10828004", "2026-11-20")
+    for ver, clin in (("refuted", "active"), ("confirmed", "resolved")):
+        ruled_out = condition(MPOX, ver, clin, recordedDate="2026-11-25")
+        facts = derive_facts(
+            knowledge, Sources(conditions=[ruled_out], observations=[positive], now=NOW)
+        )
+        assert facts.status is Status.NONE, (ver, clin)
+    # A positive result after the Condition was resolved is new evidence.
+    later = observation("o2", "10828004", "2026-11-30")
+    resolved = condition(MPOX, "confirmed", "resolved", recordedDate="2026-11-25")
+    facts = derive_facts(knowledge, Sources(conditions=[resolved], observations=[later], now=NOW))
+    assert facts.status is Status.CONFIRMED
+
+
+@pytest.mark.parametrize(
+    ("text", "case"),
+    [
+        ("Nærkontakt med mpox-smittet", False),
+        ("Kontakt med m-kopper", False),
+        ("Eksponert for M–kopper", False),
+        ("Mistenkt m-kopper", True),
+    ],
+)
+def test_exposure_is_not_disease(knowledge: Any, text: str, case: bool) -> None:
+    facts = derive_facts(knowledge, Sources(conditions=[condition({"text": text}, "provisional")]))
+    assert facts.active is case
+
+
+def test_malformed_mkopper_observation_is_read_leniently(knowledge: Any) -> None:
+    broken = observation("o1", "10828004", "2026-12-01")
+    broken["subject"] = "Patient/p"  # not a Reference
+    facts = derive_facts(knowledge, Sources(observations=[broken], now=NOW))
+    assert facts.status is Status.CONFIRMED
+    assert facts.read_leniently == 1
+
+
+# --- The evidence line: kind and date, never a name or an id -------------------------------------
+
+
+def test_basis_names_kind_date_and_status(knowledge: Any) -> None:
+    positive = observation("o1", "260373001", "2026-11-24T10:00:00+01:00")
+    facts = derive_facts(knowledge, Sources(observations=[positive], now=NOW))
+    assert facts.basis == Basis("laboratory", dt.date(2026, 11, 24), Status.CONFIRMED)
+    suspected = condition(MPOX, "provisional", recordedDate="2026-11-20")
+    facts = derive_facts(knowledge, Sources(conditions=[suspected]))
+    assert facts.basis == Basis("diagnosis", dt.date(2026, 11, 20), Status.SUSPECTED)
+    # The strongest status decides which evidence the line names.
+    facts = derive_facts(knowledge, Sources(conditions=[suspected], observations=[positive]))
+    assert facts.basis is not None and facts.basis.kind == "laboratory"
+    assert derive_facts(knowledge, Sources()).basis is None
+
+
+def test_card_carries_the_evidence_line_without_ids(knowledge: Any) -> None:
+    basis = Basis("laboratory", dt.date(2026, 11, 24), Status.CONFIRMED)
+    finding = Finding("infectious-period", ("Observation/obs-secret-id",), basis)
+    [issued] = render_cards(knowledge, [finding], RenderContext(patient_id="p-secret"))
+    detail = issued.card.detail or ""
+    assert "Grunnlag: prøvesvar påvist 24.11.2026 (bekreftet)" in detail
+    assert "secret" not in detail
+    undated = Finding("infectious-period", (), Basis("diagnosis", None, Status.SUSPECTED))
+    [issued] = render_cards(knowledge, [undated], RenderContext(patient_id="p"), language="en")
+    assert "Based on: diagnosis recorded undated (suspected)" in (issued.card.detail or "")
