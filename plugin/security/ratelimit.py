@@ -10,6 +10,7 @@ clock (seconds, monotonic in production).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
@@ -36,10 +37,15 @@ class TooManyRequests(CdsError):
 
 def client_key(address: str | None) -> str:
     """The key of a client address: IPv6 addresses by their /64, as one host holds a /64."""
-    address = address or "unknown"
-    if ":" in address:
-        return ":".join(address.split(":")[:4])
-    return address
+    if not address:
+        return "unknown"
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if parsed.version == 6 and not parsed.is_loopback:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
 
 
 @dataclass(slots=True)
