@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 import sqlalchemy as sa
 from flask import Flask
 
@@ -43,6 +45,11 @@ class Hostile(BaseHTTPRequestHandler):
 
     def log_message(self, *_: Any) -> None:
         pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.do_GET()
 
     def do_GET(self) -> None:
         self.requests_seen.append(self.path)
@@ -187,3 +194,32 @@ def test_the_smart_configuration_is_cached_for_a_short_time(make_app: Any, ehr: 
         == 302
     )
     assert ehr.configuration_requests == 2
+
+
+@pytest.mark.parametrize("mode", ["bomb", "dribble"])
+def test_a_hostile_token_endpoint_fails_the_callback_in_time(
+    make_app: Any, ehr: SmartEhr, hostile: str, mode: str
+) -> None:
+    app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOWED_FHIR_SERVERS=ehr.fhir_base)
+    client = app.test_client()
+    configuration = {
+        "authorization_endpoint": f"{ehr.base_url}/authorize",
+        "token_endpoint": f"{hostile}/{mode}/token",
+    }
+    app.extensions["smart_configurations"].put(ehr.fhir_base, configuration)
+    launch = client.get(
+        "/smart/launch", query_string={"iss": ehr.fhir_base, "launch": ehr.new_launch("p1")}
+    )
+    assert launch.status_code == 302
+    authorize = requests.get(launch.headers["Location"], allow_redirects=False, timeout=10)
+    callback = urlsplit(authorize.headers["Location"])
+    tracemalloc.start()
+    began = time.monotonic()
+    response = client.get(f"{callback.path}?{callback.query}")
+    elapsed = time.monotonic() - began
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert response.status_code == 502
+    assert problem(response) == "authorization-failed"
+    assert elapsed < 7.0
+    assert peak < 16 * 1024 * 1024
