@@ -6,7 +6,8 @@ CDS_ADMIN_USER / CDS_ADMIN_PASSWORD, compared in constant time. Without a
 password the dashboard is off. Only loopback clients are served unless
 CDS_ADMIN_ALLOW_REMOTE=1 (then put it behind TLS: Basic sends the password
 with every request). The page loads nothing from elsewhere and runs no script,
-so its Content-Security-Policy allows only its own stylesheet.
+so its Content-Security-Policy allows only its own stylesheet. Failed logins
+lock the login (429) for one address, or for all, for the rest of the lockout period.
 """
 
 from __future__ import annotations

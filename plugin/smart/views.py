@@ -13,7 +13,11 @@ encounter) exactly as a CDS call would, with data fetched from ``iss`` through
 the same prefetch resolution, and renders their cards.
 
 The browser holds two opaque cookies at most (the launch binding, then the
-session id); the access token never leaves the server. OAuth is Authlib's.
+session id); the access token never leaves the server. Authlib builds the
+authorisation URL; the smart-configuration and token calls go through the FHIR
+client's guards (``cds_hooks.fhir.guarded_json``: one deadline, a size cap after
+decompression, no redirects). The launch endpoints need no login, so each client
+address may start only so many launches a minute (per worker process).
 """
 
 from __future__ import annotations
