@@ -547,3 +547,78 @@ def next_link(bundle: dict[str, Any]) -> str | None:
             if isinstance(url, str) and url:
                 return url
     return None
+
+
+# --- Guarded JSON calls for other endpoints (the SMART launch's OAuth calls) ---------
+
+
+def guarded_url(url: str) -> str:
+    """``url`` as it will be requested, read by the parser that connects (see ``_parse``)."""
+    scheme, host, port, path, query = _parse(url.strip(), query=True)
+    authority = host if port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    return f"{scheme}://{authority}{path}" + (f"?{query}" if query else "")
+
+
+def guarded_json(
+    client: FhirClient,
+    method: str,
+    url: str,
+    deadline: float,
+    *,
+    form: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """One GET (or form POST) with the FHIR client's guards: (status, parsed JSON body).
+
+    The same deadline watchdog, per-read socket limit, size cap after decompression
+    (``client.limits.max_bytes``), no redirects and no environment credentials as a FHIR
+    fetch. The status is returned, not judged: an OAuth error answer is JSON too. Raises
+    ``FhirUnavailable`` (unreachable, too slow) or ``FhirError`` (too large, not JSON).
+    """
+    try:
+        target = guarded_url(url)
+    except ValueError:
+        raise FhirError("The endpoint URL is not acceptable.") from None
+    remaining = _remaining(deadline)
+    watchdog = _Watchdog()
+    timer = threading.Timer(remaining, watchdog.fire)
+    timer.daemon = True
+    _current.watchdog = watchdog
+    timer.start()
+    timeout = (
+        min(client.limits.connect_timeout_s, remaining),
+        min(client.limits.timeout_s, remaining),
+    )
+    try:
+        try:
+            response = client.session.request(
+                method,
+                target,
+                headers={"Accept": "application/json"},
+                data=form,
+                timeout=timeout,
+                stream=True,
+                allow_redirects=False,
+            )
+        except requests.Timeout:
+            raise FhirUnavailable("The endpoint did not answer in time.") from None
+        except requests.RequestException:
+            raise FhirUnavailable("The endpoint could not be reached.") from None
+        try:
+            status = response.status_code
+            raw = client._read_body(response, deadline)
+        finally:
+            response.close()
+    except FhirError:
+        if watchdog.fired:
+            raise FhirUnavailable("The endpoint did not answer in time.") from None
+        raise
+    finally:
+        timer.cancel()
+        watchdog.finish()
+        _current.watchdog = None
+    if watchdog.fired:
+        raise FhirUnavailable("The endpoint did not answer in time.")
+    try:
+        return status, json.loads(raw)
+    except (ValueError, RecursionError):
+        raise FhirError("The endpoint's answer is not JSON.") from None

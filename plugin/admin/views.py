@@ -6,7 +6,8 @@ CDS_ADMIN_USER / CDS_ADMIN_PASSWORD, compared in constant time. Without a
 password the dashboard is off. Only loopback clients are served unless
 CDS_ADMIN_ALLOW_REMOTE=1 (then put it behind TLS: Basic sends the password
 with every request). The page loads nothing from elsewhere and runs no script,
-so its Content-Security-Policy allows only its own stylesheet.
+so its Content-Security-Policy allows only its own stylesheet. Failed logins
+lock the login (429) for one address, or for all, for the rest of the lockout period.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import time
 from datetime import date
 
 from flask import Blueprint, Flask, Response, current_app, render_template, request
@@ -29,6 +31,8 @@ from plugin.admin.report import (
 )
 from plugin.errors import error_response
 from plugin.security.network import from_loopback
+from plugin.security.ratelimit import OVERALL, FixedWindow, TooManyRequests, client_key
+from plugin.storage.store import utcnow
 from plugin.storage.suppression import get_suppressions
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
@@ -40,6 +44,11 @@ CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+# Failed logins: so many from one client address, or from all together, lock the login for
+# the rest of the lockout period, even for the right password (per worker process).
+LOCKOUT_FAILURES = 5
+LOCKOUT_FAILURES_OVERALL = 20
+LOCKOUT_SECONDS = 15 * 60
 # A cell starting with one of these is run as a formula by spreadsheet programs.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -71,17 +80,26 @@ def require_admin() -> Response | None:
                 "The dashboard is off: CDS_ADMIN_PASSWORD is not set "
                 f"(it needs {MIN_PASSWORD_LENGTH} characters or more)."
             )
+        failures: FixedWindow = current_app.extensions["admin_login_failures"]
+        overall: FixedWindow = current_app.extensions["admin_login_failures_overall"]
+        address = client_key(request.remote_addr)
+        wait = max(failures.retry_after(address), overall.retry_after(OVERALL))
+        if wait:
+            raise TooManyRequests(wait, "Too many failed logins; try again later.")
         login = request.authorization
-        if (
-            login is None
-            or login.type != "basic"
-            or not _credentials_match(login.username or "", login.password or "")
-        ):
+        if login is None or login.type != "basic":
+            raise AdminLoginRequired()  # the browser's first request: not a guess
+        if not _credentials_match(login.username or "", login.password or ""):
+            failures.hit(address)
+            overall.hit(OVERALL)
             raise AdminLoginRequired()
+        failures.reset(address)
     except CdsError as error:
         response = error_response(error)
         if isinstance(error, Unauthorized):
             response.headers["WWW-Authenticate"] = BASIC_CHALLENGE
+        if isinstance(error, TooManyRequests):
+            response.headers["Retry-After"] = str(error.retry_after)
         return response
     return None
 
@@ -169,4 +187,13 @@ def favicon() -> Response:
 
 
 def init_app(app: Flask) -> None:
+    clock = app.extensions["cds_store"].clock
+    # A test's injected clock drives the lockout; otherwise the monotonic one (no wall jumps).
+    seconds = time.monotonic if clock is utcnow else (lambda: clock().timestamp())
+    app.extensions["admin_login_failures"] = FixedWindow(
+        LOCKOUT_FAILURES, LOCKOUT_SECONDS, clock=seconds
+    )
+    app.extensions["admin_login_failures_overall"] = FixedWindow(
+        LOCKOUT_FAILURES_OVERALL, LOCKOUT_SECONDS, clock=seconds
+    )
     app.register_blueprint(bp)

@@ -13,13 +13,19 @@ encounter) exactly as a CDS call would, with data fetched from ``iss`` through
 the same prefetch resolution, and renders their cards.
 
 The browser holds two opaque cookies at most (the launch binding, then the
-session id); the access token never leaves the server. OAuth is Authlib's.
+session id); the access token never leaves the server. Authlib builds the
+authorisation URL; the smart-configuration and token calls go through the FHIR
+client's guards (``cds_hooks.fhir.guarded_json``: one deadline, a size cap after
+decompression, no redirects). The launch endpoints need no login, so each client
+address may start only so many launches a minute (per worker process).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,8 +33,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 from flask import (
     Blueprint,
@@ -41,10 +45,12 @@ from flask import (
     request,
     url_for,
 )
+from urllib3.util import parse_url
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from cds_hooks.errors import CdsError, DataUnavailable, FhirAuthError, FhirError, FhirNotAllowed
+from cds_hooks.fhir import ClientLimits, FhirClient, guarded_json, guarded_url
 from cds_hooks.knowledge import Content, Language
 from cds_hooks.models import FhirAuthorization, HookRequest
 from cds_hooks.services import IssuedCard
@@ -52,8 +58,10 @@ from plugin.api.pipeline import get_pipeline
 from plugin.api.views import get_store
 from plugin.config import as_list
 from plugin.security.network import is_loopback
+from plugin.security.ratelimit import FixedWindow, TooManyRequests, client_key
 from plugin.smart import render as smart_render
 from plugin.smart.sessions import ACTIVE, PENDING, SessionStore, new_secret
+from plugin.storage.store import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,13 @@ bp = Blueprint(
 PATIENT_HOOK = "patient-view"
 ENCOUNTER_HOOK = "encounter-start"
 LAUNCH_TTL_SECONDS = 600
-HTTP_TIMEOUT_SECONDS = 5.0
+# Each OAuth call (smart-configuration, token) as a whole, and each read within it.
+HTTP_BUDGET_SECONDS = 5.0
+HTTP_READ_SECONDS = 2.0
+MAX_OAUTH_BYTES = 256 * 1024  # a smart-configuration or token response, after decompression
+CONFIGURATION_CACHE_SECONDS = 300
+# Launches (EHR and standalone) per client address and minute, per worker process.
+LAUNCH_RATE_PER_MINUTE = 30
 MAX_PARAM_CHARS = 2048
 # FHIR ids: [A-Za-z0-9\-\.]{1,64}. Anything else in a token response is refused.
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -146,10 +160,13 @@ def _acceptable_endpoint(url: object) -> bool:
     """https, or http on loopback (the test authorisation server)."""
     if not isinstance(url, str) or len(url) > MAX_PARAM_CHARS:
         return False
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
+    try:
+        parts = parse_url(guarded_url(url))  # the parser that connects, as for FHIR calls
+    except ValueError:
+        return False
+    if parts.scheme == "https" and parts.host:
         return True
-    return parts.scheme == "http" and is_loopback(parts.hostname)
+    return parts.scheme == "http" and is_loopback(parts.host)
 
 
 # --- Cookies -----------------------------------------------------------------
@@ -206,28 +223,52 @@ def _param(name: str, *, required: bool = True) -> str:
     return value
 
 
+def oauth_client() -> FhirClient:
+    client: FhirClient = current_app.extensions["smart_http"]
+    return client
+
+
+class ConfigurationCache:
+    """Fetched smart-configurations per issuer for a short time, so launches do not refetch."""
+
+    def __init__(self, clock: Any, ttl_s: float = CONFIGURATION_CACHE_SECONDS) -> None:
+        self.clock = clock
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, iss: str) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._entries.get(iss)
+        if entry is None or self.clock() - entry[0] >= self.ttl_s:
+            return None
+        return entry[1]
+
+    def put(self, iss: str, config: dict[str, Any]) -> None:
+        with self._lock:
+            self._entries[iss] = (self.clock(), config)
+
+
+def _fetch_json(method: str, url: str, what: str, form: dict[str, str] | None = None) -> Any:
+    """One OAuth call through the FHIR client's guards; transport failures become problems."""
+    deadline = time.monotonic() + HTTP_BUDGET_SECONDS
+    try:
+        return guarded_json(oauth_client(), method, url, deadline, form=form)
+    except FhirError as exc:
+        kind = "fhir-unavailable" if what == "smart-configuration" else "authorization-failed"
+        raise SmartProblem(kind, 502, f"{what}: {exc.code}") from None
+
+
 def smart_configuration(iss: str) -> dict[str, Any]:
     """``{iss}/.well-known/smart-configuration``, checked for what the launch needs."""
+    cache: ConfigurationCache = current_app.extensions["smart_configurations"]
+    cached = cache.get(iss)
+    if cached is not None:
+        return cached
     url = fhir_base(iss) + "/.well-known/smart-configuration"
-    try:
-        with requests.Session() as http:
-            http.trust_env = False  # as the FHIR client: no .netrc credentials, no env proxies
-            response = http.get(
-                url,
-                headers={"Accept": "application/json"},
-                timeout=HTTP_TIMEOUT_SECONDS,
-                allow_redirects=False,
-            )
-    except requests.RequestException as exc:
-        raise SmartProblem(
-            "fhir-unavailable", 502, f"smart-configuration: {type(exc).__name__}"
-        ) from None
-    if response.status_code != 200:
-        raise SmartProblem("fhir-unavailable", 502, f"smart-configuration: {response.status_code}")
-    try:
-        config = response.json()
-    except ValueError:
-        config = None
+    status, config = _fetch_json("GET", url, "smart-configuration")
+    if status != 200:
+        raise SmartProblem("fhir-unavailable", 502, f"smart-configuration: {status}")
     if not isinstance(config, dict):
         raise SmartProblem("fhir-unavailable", 502, "smart-configuration: not a JSON object")
     for key in ("authorization_endpoint", "token_endpoint"):
@@ -236,13 +277,23 @@ def smart_configuration(iss: str) -> dict[str, Any]:
     methods = config.get("code_challenge_methods_supported")
     if isinstance(methods, list) and "S256" not in methods:
         raise SmartProblem("authorization-failed", 502, "smart-configuration: no S256")
+    cache.put(iss, config)
     return config
+
+
+def limit_launches() -> None:
+    """The launch endpoints need no login: each client address gets so many a minute."""
+    limiter: FixedWindow = current_app.extensions["smart_launch_limit"]
+    wait = limiter.hit(client_key(request.remote_addr))
+    if wait:
+        raise TooManyRequests(wait, "too many launches from one address")
 
 
 @bp.get("/launch")
 def launch() -> BaseResponse:
     """EHR launch: check ``iss``, then send the browser to the EHR's authorisation endpoint."""
     g.call_log = {"service": "smart", "hook": "launch"}
+    limit_launches()
     iss = fhir_base(_param("iss"))
     launch_id = _param("launch")
     if not allowed_fhir_server(iss):
@@ -260,6 +311,7 @@ def launch() -> BaseResponse:
 def standalone() -> BaseResponse:
     """Standalone launch (for testers): the EHR's own patient picker chooses the patient."""
     g.call_log = {"service": "smart", "hook": "standalone"}
+    limit_launches()
     iss = fhir_base(_param("iss"))
     if not allowed_fhir_server(iss):
         raise SmartProblem("fhir-not-allowed", 403, "iss not on CDS_ALLOWED_FHIR_SERVERS")
@@ -358,27 +410,22 @@ def callback() -> BaseResponse:
             raise SmartProblem("consent-denied", 403, "authorisation denied")
         raise SmartProblem("authorization-failed", 502, f"authorisation error {error[:40]!r}")
     code = _param("code")
-    oauth = OAuth2Session(
-        client_id(),
-        redirect_uri=pending["redirect_uri"],
-        code_challenge_method="S256",
-        token_endpoint_auth_method="none",  # noqa: S106 - a public client, not a secret
-    )
-    oauth.trust_env = False
-    try:
-        token = oauth.fetch_token(
-            pending["token_endpoint"],
-            code=code,
-            code_verifier=pending["verifier"],
-            timeout=HTTP_TIMEOUT_SECONDS,
-        )
-    except OAuthError as exc:
-        raise SmartProblem(
-            "authorization-failed", 502, f"token endpoint: {str(exc.error)[:40]}"
-        ) from None
-    except (requests.RequestException, ValueError) as exc:
-        reason = f"token endpoint: {type(exc).__name__}"
-        raise SmartProblem("authorization-failed", 502, reason) from None
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": pending["redirect_uri"],
+        "client_id": client_id(),  # a public client: no secret (PKCE instead)
+        "code_verifier": pending["verifier"],
+    }
+    status, token = _fetch_json("POST", pending["token_endpoint"], "token endpoint", form)
+    if not isinstance(token, dict):
+        raise SmartProblem("authorization-failed", 502, "token endpoint: not a JSON object")
+    if status != 200 or "error" in token:
+        error_code = token.get("error")
+        name = error_code[:40] if isinstance(error_code, str) else str(status)
+        raise SmartProblem("authorization-failed", 502, f"token endpoint: {name}")
+    if str(token.get("token_type", "")).lower() != "bearer":
+        raise SmartProblem("authorization-failed", 502, "token endpoint: not a Bearer token")
     context = launch_context(token)
     session_id = new_secret()
     get_sessions().put(
@@ -508,6 +555,8 @@ def page() -> Response:
 def _problem_of(error: Exception) -> SmartProblem:
     if isinstance(error, SmartProblem):
         return error
+    if isinstance(error, TooManyRequests):
+        return SmartProblem("rate-limited", 429, error.message)
     if isinstance(error, FhirNotAllowed):
         return SmartProblem("fhir-not-allowed", 403, error.code)
     if isinstance(error, FhirError | DataUnavailable):
@@ -538,6 +587,8 @@ def error_page(error: Exception) -> Response:
         reopen=problem.kind not in ("fhir-not-allowed",),
     )
     response = Response(html, status=problem.status, mimetype="text/html")
+    if isinstance(error, TooManyRequests):
+        response.headers["Retry-After"] = str(error.retry_after)
     if problem.kind in ("session-expired", "launch-invalid", "consent-denied"):
         _clear_cookie(response, SESSION_COOKIE)
     return response
@@ -566,6 +617,21 @@ def init_app(app: Flask, content: Content) -> None:
     app.extensions["smart_content"] = content
     store = app.extensions["cds_store"]
     app.extensions["smart_sessions"] = SessionStore(store.engine, store.clock)
+    # The OAuth calls go through the FHIR client's guards, with a small size cap of their own.
+    app.extensions["smart_http"] = FhirClient(
+        ClientLimits(
+            timeout_s=HTTP_READ_SECONDS,
+            connect_timeout_s=HTTP_READ_SECONDS,
+            max_pages=1,
+            max_bytes=MAX_OAUTH_BYTES,
+            pool_size=4,
+        ),
+        ca_bundle=app.config.get("CDS_FHIR_CA_BUNDLE") or None,
+    )
+    # A test's injected clock drives the limits; otherwise the monotonic one (no wall jumps).
+    seconds = time.monotonic if store.clock is utcnow else (lambda: store.clock().timestamp())
+    app.extensions["smart_configurations"] = ConfigurationCache(seconds)
+    app.extensions["smart_launch_limit"] = FixedWindow(LAUNCH_RATE_PER_MINUTE, 60, clock=seconds)
     # Authlib logs token requests and issued tokens at DEBUG: never let those reach a log.
     authlib_log = logging.getLogger("authlib")
     if authlib_log.level < logging.INFO:

@@ -145,6 +145,45 @@ def test_a_request_forwarded_by_a_local_proxy_is_not_a_loopback_client(
     assert response.get_json()["error"]["code"] == "forbidden"
 
 
+def test_failed_logins_lock_the_address_out_even_for_the_right_password(make_app: Any) -> None:
+    clock = Clock(NOW)
+    app = make_suppression_app(make_app, clock, CDS_ADMIN_PASSWORD=PASSWORD)
+    client = app.test_client()
+    wrong = basic(password="wrong password here")
+    guesses = [client.get("/admin/feedback", headers=wrong).status_code for _ in range(3000)]
+    assert guesses[:5] == [401] * 5
+    assert set(guesses[5:]) == {429}  # 3,000 guesses met no lockout before
+    locked = client.get("/admin/feedback", headers=basic())
+    assert locked.status_code == 429
+    assert locked.get_json()["error"]["code"] == "too-many-requests"
+    assert 1 <= int(locked.headers["Retry-After"]) <= 15 * 60
+    clock.now += timedelta(minutes=15, seconds=1)
+    assert client.get("/admin/feedback", headers=basic()).status_code == 200
+
+
+def test_a_successful_login_resets_the_count(make_app: Any) -> None:
+    client = dashboard_app(make_app).test_client()
+    wrong = basic(password="wrong password here")
+    for _ in range(3):
+        for _ in range(4):
+            assert client.get("/admin/feedback", headers=wrong).status_code == 401
+        assert client.get("/admin/feedback", headers=basic()).status_code == 200
+    # A request without credentials (the browser's first) is not counted as a guess.
+    for _ in range(10):
+        assert client.get("/admin/feedback").status_code == 401
+
+
+def test_failed_logins_from_many_addresses_lock_the_login_overall(make_app: Any) -> None:
+    app = dashboard_app(make_app, CDS_ADMIN_ALLOW_REMOTE="1")
+    client = app.test_client()
+    wrong = basic(password="wrong password here")
+    for n in range(20):
+        remote = {"REMOTE_ADDR": f"10.0.0.{n + 1}"}
+        assert client.get("/admin/feedback", headers=wrong, environ_base=remote).status_code == 401
+    fresh = client.get("/admin/feedback", headers=basic(), environ_base={"REMOTE_ADDR": "10.9.9.9"})
+    assert fresh.status_code == 429
+
+
 def test_page_has_a_strict_policy_and_no_inline_code(make_app: Any) -> None:
     client = dashboard_app(make_app).test_client()
     response = client.get("/admin/feedback", headers=basic())
