@@ -265,6 +265,14 @@ SETTINGS: tuple[Setting, ...] = (
         parse=comma_list,
     ),
     Setting(
+        "CDS_SMART_LAUNCH_RATE",
+        "30",
+        "SMART launches a client address may start per minute (per worker process). Behind a "
+        "reverse proxy every client has the proxy's address: raise it to what the whole "
+        "hospital starts in a minute.",
+        parse=integer(1),
+    ),
+    Setting(
         "CDS_SMART_COOKIE_SAMESITE",
         "Lax",
         "SameSite of the SMART page's cookies. `Lax` for a top-level window or same-site "

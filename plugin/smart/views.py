@@ -83,7 +83,6 @@ HTTP_READ_SECONDS = 2.0
 MAX_OAUTH_BYTES = 256 * 1024  # a smart-configuration or token response, after decompression
 CONFIGURATION_CACHE_SECONDS = 300
 # Launches (EHR and standalone) per client address and minute, per worker process.
-LAUNCH_RATE_PER_MINUTE = 30
 MAX_PARAM_CHARS = 2048
 # FHIR ids: [A-Za-z0-9\-\.]{1,64}. Anything else in a token response is refused.
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -631,7 +630,9 @@ def init_app(app: Flask, content: Content) -> None:
     # A test's injected clock drives the limits; otherwise the monotonic one (no wall jumps).
     seconds = time.monotonic if store.clock is utcnow else (lambda: store.clock().timestamp())
     app.extensions["smart_configurations"] = ConfigurationCache(seconds)
-    app.extensions["smart_launch_limit"] = FixedWindow(LAUNCH_RATE_PER_MINUTE, 60, clock=seconds)
+    app.extensions["smart_launch_limit"] = FixedWindow(
+        app.config["CDS_SMART_LAUNCH_RATE"], 60, clock=seconds
+    )
     # Authlib logs token requests and issued tokens at DEBUG: never let those reach a log.
     authlib_log = logging.getLogger("authlib")
     if authlib_log.level < logging.INFO:
