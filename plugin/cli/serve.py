@@ -93,6 +93,8 @@ def gunicorn_options(
         # The app writes one JSON line per call; gunicorn's access log would repeat it.
         "accesslog": None,
         "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
+        # Gunicorn's largest (its default is 4094); over it, 414 in JSON.
+        "limit_request_line": 8190,
         "logger_class": redacting_logger_class,
         "post_fork": _post_fork,
         "child_exit": _child_exit,
