@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +30,16 @@ from plugin.config import as_int, data_dir, database_url, load_settings
 
 WORKER_CLASSES = ("gthread", "sync")
 DEFAULT_WORKER_CLASS = "gthread"
-DEFAULT_THREADS = 4
+# Threads per gthread worker. Gunicorn parks a connection that has sent nothing in its
+# poller, but a client sending its headers slowly holds a thread until they are complete,
+# and so does a call waiting on a slow FHIR server. Idle threads cost little (the pool
+# starts them on demand); 256 per worker keeps /healthz and discovery answering with 200
+# slow clients open against one worker (measured in docs/operations.md).
+DEFAULT_THREADS = 256
+# One header line may hold a bearer token up to the app's own limit (16 KB,
+# plugin/security/auth.py MAX_TOKEN_CHARS) plus its name: the app answers such a token
+# itself, in JSON. Gunicorn answers a line over this limit, also in JSON (_write_json_error).
+LIMIT_REQUEST_FIELD_SIZE = 32 * 1024
 # A CDS call is answered in milliseconds; a call still running after this long at
 # shutdown is one the EHR has already given up on.
 GRACEFUL_TIMEOUT_S = 20
@@ -81,12 +92,82 @@ def gunicorn_options(
         "keepalive": 5,
         # The app writes one JSON line per call; gunicorn's access log would repeat it.
         "accesslog": None,
+        "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
+        # Gunicorn's largest (its default is 4094); over it, 414 in JSON.
+        "limit_request_line": 8190,
+        "logger_class": redacting_logger_class,
         "post_fork": _post_fork,
         "child_exit": _child_exit,
     }
 
 
+# The error a server-level refusal answers with, in the service's one JSON shape. Gunicorn's
+# own message is never sent: it may repeat the request line, and with it a query string.
+_SERVER_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("invalid-request", "The request is not valid HTTP."),
+    403: ("forbidden", "The request is not allowed."),
+    414: ("uri-too-long", "The request line is too long."),
+    417: ("expectation-failed", "The Expect header is not supported."),
+    431: ("header-too-large", "A request header or the header block is too large."),
+    500: ("internal-error", "The service could not handle the request."),
+    501: ("not-implemented", "The transfer coding is not supported."),
+}
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, _mesg: str) -> None:
+    """Gunicorn's ``util.write_error``, answering JSON instead of HTML."""
+    from gunicorn import util
+
+    code, message = _SERVER_ERRORS.get(status_int, ("http-error", reason))
+    body = json.dumps({"error": {"status": status_int, "code": code, "message": message}})
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        "Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, (head + body).encode("latin-1"))
+
+
+_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with every query string cut to ``?…``: a query can name a patient."""
+    return _QUERY.sub("?…", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Cuts query strings from gunicorn's own lines ("Invalid request from ...: <request
+    line>", "Error handling request GET <uri>", the access log if an operator enables it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def redacting_logger_class() -> type:
+    """Gunicorn's logger with ``RedactingFilter`` (gunicorn calls a function given as
+    ``logger_class`` for the class, so gunicorn is imported only when it runs)."""
+    from gunicorn.glogging import Logger
+
+    class Redacting(Logger):  # type: ignore[misc]
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for logger in (self.error_log, self.access_log):
+                if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+                    logger.addFilter(RedactingFilter())
+
+    return Redacting
+
+
 def _post_fork(_server: Any, worker: Any) -> None:
+    from gunicorn import util
+
+    # Server-level refusals (header too large, bad request line) in the one JSON shape.
+    util.write_error = _write_json_error
     # Connections opened in the master before the fork must not be shared by workers.
     store = worker.app.callable.extensions.get("cds_store")
     if store is not None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +154,74 @@ def test_declared_body_over_the_limit_is_413_under_gunicorn(services: list[Servi
     # Refused on the declared length alone, before any of the body is read.
     status, _, _ = post(service, over, bearer(service), send_at_most=64 * 1024)
     assert status == 413
+
+
+def raw_exchange(service: ServiceProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as it is (no client-side checks) and read the whole answer."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, content = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, content
+
+
+def assert_json_error(status: int, headers: dict[str, str], content: bytes, expected: int) -> None:
+    assert status == expected, content[:300]
+    assert headers["Content-Type"].startswith("application/json"), headers
+    error = json.loads(content)["error"]
+    assert error["status"] == expected and error["code"] and error["message"]
+
+
+@pytest.mark.parametrize("size", [12 * 1024, 20 * 1024])
+def test_long_token_is_answered_by_the_app_in_json(
+    services: list[ServiceProcess], size: int
+) -> None:
+    # Over gunicorn's default 8 KB header line (HTML 431 before), under its limit here:
+    # the app's own token checks answer, 401 in the one JSON shape.
+    status, headers, text = post(
+        services[0], json.dumps(body()).encode(), {"Authorization": "Bearer " + "a" * size}
+    )
+    assert status == 401, text[:300]
+    assert json.loads(text)["error"]["code"] == "unauthorized"
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_header_over_the_server_limit_is_431_in_json(services: list[ServiceProcess]) -> None:
+    request = (
+        f"GET /cds-services HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {'a' * 40 * 1024}\r\n\r\n"
+    ).encode()
+    assert_json_error(*raw_exchange(services[0], request), expected=431)
+
+
+def test_request_line_over_the_server_limit_is_414_in_json(
+    services: list[ServiceProcess],
+) -> None:
+    request = f"GET /cds-services?x={'a' * 9000} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    assert_json_error(*raw_exchange(services[0], request), expected=414)
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        "GET /smart/launch?iss=https%3A%2F%2Fehr.example%2Ffhir&launch={canary}\x7f HTTP/1.1",
+        "GET /cds-services?patient={canary}\x01 HTTP/1.1",
+    ],
+)
+def test_gunicorn_log_lines_carry_no_query_string(
+    services: list[ServiceProcess], request_line: str
+) -> None:
+    service = services[0]
+    canary = f"mk-log-canary-{uuid.uuid4().hex[:8]}"
+    request = f"{request_line.format(canary=canary)}\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    status, headers, content = raw_exchange(service, request)
+    time.sleep(0.2)  # the worker's log line reaches the file
+    log = service.log_path.read_text()
+    assert "Invalid request from" in log  # gunicorn logged the refusal ...
+    assert canary not in log  # ... without the query string
+    assert canary.encode() not in content
+    assert_json_error(status, headers, content, expected=400)

@@ -61,7 +61,9 @@ def http(
 
 
 class ServiceProcess:
-    def __init__(self, data_dir: Path, workers: int = 2, **settings: str) -> None:
+    def __init__(
+        self, data_dir: Path, workers: int = 2, args: tuple[str, ...] = (), **settings: str
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,7 @@ class ServiceProcess:
                 str(self.port),
                 "--workers",
                 str(workers),
+                *args,
             ],
             cwd=ROOT,
             env=env,
