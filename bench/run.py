@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.rate import constant_rate  # noqa: E402 - after the path is set
+from plugin.cli.serve import DEFAULT_THREADS  # noqa: E402 - the service's own default
 from tests.support.fhirserver import FhirTestServer, server_available  # noqa: E402
 
 PATIENTS = ROOT / "fhir_profiles" / "patients"
@@ -523,7 +524,7 @@ def main() -> int:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"))
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--duration", type=int, default=10, help="seconds per figure")
     parser.add_argument("--patient", default=TYPICAL, help="the typical patient's id")
