@@ -167,7 +167,7 @@ class _Evaluator:
         )
         facts = derive_facts(self.knowledge, sources)
         if not facts.active:
-            return Evaluation([])
+            return Evaluation([], skipped=facts.skipped, read_leniently=facts.read_leniently)
         findings = evaluate_rules(facts, self.wanted(facts))
         render_context = RenderContext(
             patient_id=str(context.get("patientId")), encounter_id=encounter_id
@@ -179,7 +179,12 @@ class _Evaluator:
             language=self.language,
             max_cards=self.max_cards,
         )
-        return Evaluation(issued, status=facts.status.label)
+        return Evaluation(
+            issued,
+            status=facts.status.label,
+            skipped=facts.skipped,
+            read_leniently=facts.read_leniently,
+        )
 
 
 def _check_coverage(knowledge: Knowledge, service_ids: Collection[str]) -> None:

@@ -47,6 +47,10 @@ class Evaluation:
     # The patient's m-kopper status in this call ("suspected", "confirmed"; None when unknown).
     # Feedback suppression keeps it, so a status change brings suppressed cards back at once.
     status: str | None = None
+    # Resources the reading left out as malformed, and resources that failed strict R4
+    # validation but were read leniently because they name m-kopper (counts only: no data).
+    skipped: int = 0
+    read_leniently: int = 0
 
     @property
     def cards(self) -> list[Card]:

@@ -95,6 +95,7 @@ class Metrics:
     prefetch_failures: Counter
     phase_errors: Counter
     feedback_items: Counter
+    resources_read: Counter
 
 
 def _build() -> Metrics:
@@ -156,6 +157,14 @@ def _build() -> Metrics:
             ["service", "result"],
             registry=registry,
         ),
+        resources_read=Counter(
+            "cds_resources_unusual",
+            "FHIR resources the rules' reading did not take as given, by CDS service and how: "
+            "`skipped` (malformed, left out) or `read_leniently` (failed strict R4 validation "
+            "but names m-kopper, read field by field).",
+            ["service", "how"],
+            registry=registry,
+        ),
     )
 
 
@@ -185,6 +194,13 @@ def count_feedback(service_id: str, counts: Mapping[str, int]) -> None:
     for result in ("recorded", "duplicates", "unknown"):
         if counts.get(result):
             counter.labels(service=service_id, result=result).inc(counts[result])
+
+
+def count_resources(service_id: str, counts: Mapping[str, int]) -> None:
+    """Count one call's resources that were skipped or read leniently."""
+    counter = _metrics().resources_read
+    for how, count in counts.items():
+        counter.labels(service=service_id, how=how).inc(count)
 
 
 def count_prefetch(service_id: str, failed_keys: Iterable[str]) -> None:

@@ -58,7 +58,9 @@ class Pipeline:
             data = self.fhir.resolve(service, hook_request)
         metrics.count_prefetch(service.id, data.failed)
         with phase("rules"):
-            return service.evaluate(hook_request, data)
+            evaluation = service.evaluate(hook_request, data)
+        _count_reading(service.id, evaluation)
+        return evaluation
 
     def issue(
         self,
@@ -89,6 +91,18 @@ class Pipeline:
         g.call_log["evaluated"] = len(evaluation.issued)
         metrics.count_cards(service.id, (item.finding for item in issued))
         return issued
+
+
+def _count_reading(service_id: str, evaluation: Evaluation) -> None:
+    """Resources left out as malformed, or read leniently: into the call's log and metrics."""
+    counts = {"skipped": evaluation.skipped, "read_leniently": evaluation.read_leniently}
+    counts = {how: n for how, n in counts.items() if n}
+    if not counts:
+        return
+    call_log = g.get("call_log")
+    if call_log is not None:
+        call_log["resources"] = counts
+    metrics.count_resources(service_id, counts)
 
 
 def get_pipeline() -> Pipeline:

@@ -227,3 +227,36 @@ def test_an_unreachable_fhir_server_is_counted(make_app: Any) -> None:
         )
         == 1
     )
+
+
+def test_resources_read_leniently_are_counted_and_logged_without_data(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.cds_hooks.test_guideline_facts import MPOX, condition
+    from tests.support.fhir import searchset
+
+    broken = condition(MPOX, "confirmed")
+    broken["subject"] = "Patient/" + PATIENT_ID  # not a Reference: fails strict R4
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "5b2b0f8e-2f3c-4d5e-8f9a-0b1c2d3e4f50",
+        "context": {"userId": "Practitioner/1", "patientId": PATIENT_ID},
+        "prefetch": {"conditions": searchset([broken]), "observations": searchset([])},
+    }
+    client = make_app().test_client()
+    with caplog.at_level("INFO", logger="plugin.calls"):
+        response = client.post("/cds-services/mkopper-patient-view", json=body)
+    assert response.status_code == 200
+    assert response.get_json()["cards"], "a confirmed case read leniently still gets its cards"
+    assert (
+        value(
+            client,
+            "cds_resources_unusual_total",
+            service="mkopper-patient-view",
+            how="read_leniently",
+        )
+        == 1
+    )
+    line = next(r.getMessage() for r in caplog.records if r.name == "plugin.calls")
+    assert '"resources":{"read_leniently":1}' in line
+    assert PATIENT_ID not in line
