@@ -22,6 +22,7 @@ shown when an aerosol-generating procedure is being ordered, not on every unrela
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +133,10 @@ class _Evaluator:
         conditions_from_context: bool = False,
         language: Language,
         max_cards: int | None,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.knowledge = knowledge
+        self.clock = clock
         self.wanted = wanted
         self.required = frozenset(required)
         self.orders_from = orders_from
@@ -164,6 +167,7 @@ class _Evaluator:
             encounters=data.get(ENCOUNTER),
             encounter_id=encounter_id,
             orders=orders,
+            now=self.clock() if self.clock is not None else None,
         )
         facts = derive_facts(self.knowledge, sources)
         if not facts.active:
@@ -275,12 +279,17 @@ SERVICE_IDS = tuple(declaration.id for declaration in SERVICES)
 
 
 def build_registry(
-    knowledge: Knowledge, *, language: str = "nb", max_cards: int | None = 3
+    knowledge: Knowledge,
+    *,
+    language: str = "nb",
+    max_cards: int | None = 3,
+    clock: Callable[[], dt.datetime] | None = None,
 ) -> ServiceRegistry:
     """The seven services, with titles and descriptions from the content file.
 
     ``max_cards=None`` leaves every card in the evaluation, most urgent first, for a caller
-    that cuts the list itself after removing suppressed cards.
+    that cuts the list itself after removing suppressed cards. ``clock`` is the call's time,
+    from which the laboratory lookback window is counted (None: no window).
     """
     if language not in get_args(Language):
         raise ValueError(f"unsupported card language {language!r} (nb or en)")
@@ -289,7 +298,9 @@ def build_registry(
     lang: Language = "nb" if language == "nb" else "en"
     _check_coverage(knowledge, SERVICE_IDS)
     templates = _templates(knowledge)
-    return ServiceRegistry([_service(knowledge, d, templates, lang, max_cards) for d in SERVICES])
+    return ServiceRegistry(
+        [_service(knowledge, d, templates, lang, max_cards, clock) for d in SERVICES]
+    )
 
 
 def _service(
@@ -298,6 +309,7 @@ def _service(
     templates: dict[str, str],
     lang: Language,
     max_cards: int | None,
+    clock: Callable[[], dt.datetime] | None = None,
 ) -> CdsService:
     text = knowledge.content.services[declaration.id]
     return CdsService(
@@ -314,6 +326,7 @@ def _service(
             conditions_from_context=declaration.conditions_from_context,
             language=lang,
             max_cards=max_cards,
+            clock=clock,
         ),
         required_prefetch=frozenset(declaration.required),
         required_context=declaration.required_context,

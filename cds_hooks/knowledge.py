@@ -182,6 +182,9 @@ class FindingContent(_Strict):
     suppress_per_encounter: bool = False
     # Feedback suppression: the card comes back when the m-kopper status changes (None: default).
     resurface_on_status_change: bool | None = None
+    # Feedback suppression: accepting the card's suggestion keeps the card away as this
+    # override reason does (the notification recorded is the notification done).
+    accept_suppresses_as: Key | None = None
 
 
 class NotificationRecord(_Strict):
@@ -242,6 +245,11 @@ class Content(_Strict):
                     problems.append(f"findings.{key}.merge_into: no other finding named {host!r}")
                 elif self.findings[host].merge_into is not None:
                     problems.append(f"findings.{key}.merge_into: {host!r} is merged itself")
+            accepted = finding.accept_suppresses_as
+            if accepted is not None and accepted not in self.override_reasons:
+                problems.append(
+                    f"findings.{key}.accept_suppresses_as: no override reason named {accepted!r}"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -7,7 +7,7 @@ for discovery and calls :meth:`CdsService.evaluate` with resolved FHIR data.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,27 @@ class IssuedCard:
 
     card: Card
     finding: str
+    # Findings folded into this card besides its own (related advice merged, not repeated).
+    merged: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """The cards kept under the card cap, and the findings the cap still cut."""
+
+    issued: list[IssuedCard]
+    cut: tuple[str, ...] = ()
+
+
+# Fits the cards left after suppression (most urgent first) under the cap (None: no cap).
+Fitter = Callable[[Sequence[IssuedCard], int | None], Fitted]
+
+
+def cut_to(items: Sequence[IssuedCard], limit: int | None) -> Fitted:
+    """The plain cap: the first ``limit`` cards; every finding of the others is cut."""
+    kept = list(items) if limit is None else list(items[: max(limit, 0)])
+    cut = tuple(f for item in items[len(kept) :] for f in (item.finding, *item.merged))
+    return Fitted(kept, cut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +94,8 @@ class CdsService:
     # Context keys the hook must carry (checked before any data is fetched).
     required_context: tuple[str, ...] = ("patientId",)
     usage_requirements: str | None = None
+    # How the cards of one call are fitted under the card cap after suppression.
+    fit: Fitter = cut_to
 
     def descriptor(self) -> ServiceDescriptor:
         return ServiceDescriptor(

@@ -96,6 +96,7 @@ class Metrics:
     phase_errors: Counter
     feedback_items: Counter
     resources_read: Counter
+    cards_cut: Counter
 
 
 def _build() -> Metrics:
@@ -165,6 +166,13 @@ def _build() -> Metrics:
             ["service", "how"],
             registry=registry,
         ),
+        cards_cut=Counter(
+            "cds_cards_cut",
+            "Findings left out of an answer by the card cap (CDS_MAX_CARDS) after related "
+            "advice was merged, by CDS service and finding.",
+            ["service", "finding"],
+            registry=registry,
+        ),
     )
 
 
@@ -201,6 +209,13 @@ def count_resources(service_id: str, counts: Mapping[str, int]) -> None:
     counter = _metrics().resources_read
     for how, count in counts.items():
         counter.labels(service=service_id, how=how).inc(count)
+
+
+def count_cut(service_id: str, findings: Iterable[str]) -> None:
+    """One count per finding the card cap left out of an answer."""
+    counter = _metrics().cards_cut
+    for finding in findings:
+        counter.labels(service=service_id, finding=finding).inc()
 
 
 def count_prefetch(service_id: str, failed_keys: Iterable[str]) -> None:

@@ -22,7 +22,7 @@ from flask import current_app, g
 
 from cds_hooks.models import HookRequest
 from cds_hooks.prefetch import FhirAccess
-from cds_hooks.services import CdsService, Evaluation, IssuedCard, ServiceRegistry
+from cds_hooks.services import CdsService, Evaluation, Fitted, IssuedCard, ServiceRegistry
 from plugin.api import metrics
 from plugin.security.auth import Caller
 from plugin.storage.suppression import Suppressions, subject_of
@@ -68,10 +68,11 @@ class Pipeline:
         hook_request: HookRequest,
         evaluation: Evaluation,
         caller: Caller | None = None,
-    ) -> list[IssuedCard]:
-        """Drop suppressed cards, cut to ``max_cards`` (a suppressed card makes room for the
-        next most urgent one) and record the cards shown, scoped to the verified caller and
-        the request's FHIR server."""
+    ) -> Fitted:
+        """Drop suppressed cards, fit the rest under ``max_cards`` (a suppressed card makes
+        room for the next most urgent one; the service merges related advice before it cuts)
+        and record the cards shown, scoped to the verified caller and the request's FHIR
+        server."""
         with phase("storage"):
             return self.suppressions.issue(
                 service.id,
@@ -79,6 +80,7 @@ class Pipeline:
                 subject_of(hook_request, evaluation, caller),
                 evaluation.issued,
                 limit=self.max_cards,
+                fit=service.fit,
             )
 
     def run(
@@ -86,9 +88,14 @@ class Pipeline:
     ) -> list[IssuedCard]:
         """A whole CDS Hooks call from its parsed request: the cards to answer."""
         evaluation = self.evaluate(service, hook_request)
-        issued = self.issue(service, hook_request, evaluation, caller)
+        fitted = self.issue(service, hook_request, evaluation, caller)
+        issued = fitted.issued
         g.call_log["cards"] = len(issued)
         g.call_log["evaluated"] = len(evaluation.issued)
+        if fitted.cut:
+            # Finding keys only (no patient data): which advice the cap still left out.
+            g.call_log["cut"] = list(fitted.cut)
+            metrics.count_cut(service.id, fitted.cut)
         metrics.count_cards(service.id, (item.finding for item in issued))
         return issued
 

@@ -43,7 +43,7 @@ from cds_hooks.errors import StorageError
 from cds_hooks.fhir import normalise_base
 from cds_hooks.knowledge import Knowledge, Language
 from cds_hooks.models import FeedbackItem, HookRequest
-from cds_hooks.services import Evaluation, IssuedCard
+from cds_hooks.services import Evaluation, Fitted, Fitter, IssuedCard, cut_to
 from plugin.config import data_dir
 from plugin.storage.schema import card_subjects, suppressions
 from plugin.storage.store import Clock, Store, insert_issued, utcnow
@@ -255,17 +255,19 @@ class Suppressions:
         subject: Subject,
         issued: Sequence[IssuedCard],
         limit: int | None = None,
-    ) -> list[IssuedCard]:
-        """Drop the cards suppressed for this subject, keep at most ``limit`` of the rest
-        (most urgent first, as given), and record the cards kept (their uuid, finding and
-        hook instance, and their subject's hashes), all in one transaction."""
+        fit: Fitter = cut_to,
+    ) -> Fitted:
+        """Drop the cards suppressed for this subject, fit the rest under ``limit`` (most
+        urgent first, as given; ``fit`` may merge related advice before it cuts), and record
+        the cards kept (their uuid, finding and hook instance, and their subject's hashes),
+        all in one transaction."""
         if not issued:
-            return []
+            return Fitted([])
         now = self.clock()
         try:
             with self.engine.begin() as conn:
                 if subject.patient is None:
-                    kept = list(issued)[:limit]
+                    fitted = fit(issued, limit)
                 else:
                     # Write first: the transaction takes the write lock before it reads, so
                     # SQLite waits for another writer instead of failing on a stale snapshot.
@@ -280,9 +282,9 @@ class Suppressions:
                             "now": now,
                         },
                     ).all()
-                    kept = [item for item in issued if not self._suppressed(item, subject, active)]
-                    kept = kept[:limit]
-                    self._record_subjects(conn, service_id, subject, kept, now)
+                    shown = [item for item in issued if not self._suppressed(item, subject, active)]
+                    fitted = fit(shown, limit)
+                    self._record_subjects(conn, service_id, subject, fitted.issued, now)
                 insert_issued(
                     conn,
                     service_id,
@@ -294,13 +296,13 @@ class Suppressions:
                             item.finding,
                             item.card.source.topic.code if item.card.source.topic else None,
                         )
-                        for item in kept
+                        for item in fitted.issued
                     ],
                     now,
                 )
         except SQLAlchemyError as exc:
             raise StorageError() from exc
-        return kept
+        return fitted
 
     def _suppressed(self, item: IssuedCard, subject: Subject, active: Sequence[Any]) -> bool:
         kind = card_kind(item)
