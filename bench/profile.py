@@ -1,7 +1,7 @@
 """Profile one service call in-process with pyinstrument, on a body the benchmark saved.
 
     .venv/bin/python bench/run.py --short            # writes var/bench-bodies/*.json
-    .venv/bin/python bench/profile.py var/bench-bodies/prefetch.json [--calls 200]
+    .venv/bin/python bench/profile.py var/bench-bodies/cards.json [--calls 200]
 
 Runs the real app (guideline content, SQLite in a temporary directory) through
 Flask's test client, so the profile shows the service's own work without the

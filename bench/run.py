@@ -3,22 +3,28 @@
 Starts the Medplum FHIR test server (tests/fhir_server) with the synthetic
 patients, the service (`mkopper-cds serve`, gunicorn) and the reference
 (bench/reference_app.py, the same gunicorn configuration), then measures with
-wrk (peak throughput, p50/p99 at peak) and with bench/rate.py (p50/p99 at a
-constant rate: half of the scenario's peak; for the reference, the typical
-call's half-peak rate, so the two latencies are taken under the same load) for:
+wrk at 16 connections (throughput, p50 and p99) these scenarios:
 
+- ``reference``: the bare Flask JSON POST (the typical call's body);
 - ``nocard``: patient-view for a patient without m-kopper (what nearly every real call is),
   all prefetch in the request: the call answers no card;
-- ``prefetch``: patient-view for a typical patient, all prefetch in the request;
+- ``cards``: patient-view for a typical suspected case, all prefetch in the request: the call
+  answers cards;
 - ``fetch``: the same patient without prefetch, fetched from the FHIR server on loopback;
-- ``large``: patient-view with prefetch for the large synthetic record;
-- ``reference``: the bare Flask JSON POST.
+- ``large``: patient-view with prefetch for the large synthetic record (780 Conditions).
 
-Prints a table and writes JSON; every figure also as a ratio to the reference.
-It asserts no timings: it fails only when something does not run or answers
-with an error. ``--short`` is the CI version (a second or two per figure).
+The scenarios run in rounds, interleaved (reference, nocard, cards, fetch, large, then again),
+so a change in the machine's load between rounds moves all five alike; each round's figures
+are also taken as ratios to that round's reference, and the table shows the medians over the
+rounds (``--rounds``, 3 by default). CPU per call is the CPU time the server's processes (the
+gunicorn master and its workers, from /proc) used during the figure, divided by the calls
+answered. With ``--half-rate`` each round also measures the latency at a constant rate of half
+of the scenario's peak (bench/rate.py; the reference at the ``cards`` rate).
 
-    .venv/bin/python bench/run.py [--short] [--workers 2] [--worker-class gthread]
+It asserts no timings: it fails only when something does not run or answers with an error.
+``--short`` is the CI version (one round, a second per figure).
+
+    .venv/bin/python bench/run.py [--short] [--rounds 3] [--workers 2] [--worker-class gthread]
     .venv/bin/python bench/run.py --matrix   # worker type and count comparison
 """
 
@@ -58,19 +64,26 @@ TYPICAL = "mk-suspected-emergency-respiratory"
 LARGE = "mk-large-record"
 NO_CARD = "mk-control"
 # What each scenario must answer, so that it measures what its name says.
-CARDS_EXPECTED = {"nocard": False, "prefetch": True, "fetch": True, "large": True}
+CARDS_EXPECTED = {"nocard": False, "cards": True, "fetch": True, "large": True}
+# The order of the scenarios within each round.
+SCENARIOS = ("reference", "nocard", "cards", "fetch", "large")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT_S = 60.0
 
 
 @dataclass
 class Figure:
+    """One scenario in one round (or, in a summary, the medians over the rounds)."""
+
     scenario: str
     rps: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    cpu_ms: float = 0.0  # CPU time of the server's processes per call answered
     half_rate: float = 0.0
     half_p50_ms: float = 0.0
     half_p99_ms: float = 0.0
+    # rps: this figure over the same round's reference; p99_p50: p99 over p50.
     ratios: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
@@ -132,6 +145,19 @@ class Process:
             return [int(pid) for pid in children.read_text().split()]
         except OSError:
             return []
+
+    def cpu_s(self) -> float:
+        """CPU time (user and system) the master and its workers have used so far."""
+        total = 0
+        for pid in [self.proc.pid, *self.workers()]:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            # Fields after the command name (which may hold spaces) in parentheses.
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / CLOCK_TICKS
 
     def memory_mb(self) -> dict[str, float]:
         """Largest RSS and PSS (shared pages divided among sharers) of a worker, in MB."""
@@ -321,26 +347,20 @@ def run_wrk(url: str, body_file: Path, duration_s: int, connections: int) -> dic
     return result
 
 
-def measure(
-    name: str,
-    url: str,
-    body: dict[str, Any],
-    args: argparse.Namespace,
-    rate: float | None = None,
-) -> Figure:
-    """Peak with wrk, then latency at ``rate`` (default: half of this scenario's peak)."""
-    try:
-        return measure_or_fail(name, url, body, args, rate)
-    except ScenarioError as exc:
-        print(f"  {name:10s} FAILED: {exc}", flush=True)
-        return Figure(scenario=name, error=str(exc)[:1000])
+@dataclass
+class Scenario:
+    """A scenario's URL, body (also kept in a file for wrk and bench/profile.py) and server."""
+
+    name: str
+    url: str
+    body: bytes
+    body_file: Path
+    server: Process
 
 
-def measure_or_fail(
-    name: str, url: str, body: dict[str, Any], args: argparse.Namespace, rate: float | None
-) -> Figure:
-    # Kept after the run (next to the JSON report) for bench/profile.py.
-    body_file = args.out.parent / "bench-bodies" / f"{name}.json"
+def prepare(name: str, url: str, body: dict[str, Any], server: Process, out: Path) -> Scenario:
+    """Write the body, check that the call answers what its name says."""
+    body_file = out.parent / "bench-bodies" / f"{name}.json"
     body_file.parent.mkdir(parents=True, exist_ok=True)
     raw = json.dumps(body).encode()
     body_file.write_bytes(raw)
@@ -350,40 +370,91 @@ def measure_or_fail(
     wanted = CARDS_EXPECTED.get(name)
     if wanted is not None and bool(answer.get("cards")) != wanted:
         raise ScenarioError(f"{name}: expected {'cards' if wanted else 'no card'}, got {answer}")
-    run_wrk(url, body_file, 1, args.connections)  # warm-up: caches, lazy imports, connections
-    peak = run_wrk(url, body_file, args.duration, args.connections)
-    if peak["non_2xx"] or peak["socket_errors"]:
-        raise ScenarioError(f"{name}: errors under load: {peak}")
-    figure = Figure(
-        scenario=name,
+    return Scenario(name, url, raw, body_file, server)
+
+
+def measure(scenario: Scenario, args: argparse.Namespace, warm_up: bool) -> Figure:
+    """Peak with wrk at ``args.connections``; an error is reported, the others still run."""
+    try:
+        if warm_up:  # caches, lazy imports, connections
+            run_wrk(scenario.url, scenario.body_file, 1, args.connections)
+        cpu_before = scenario.server.cpu_s()
+        peak = run_wrk(scenario.url, scenario.body_file, args.duration, args.connections)
+        cpu = scenario.server.cpu_s() - cpu_before
+        if peak["non_2xx"] or peak["socket_errors"]:
+            raise ScenarioError(f"{scenario.name}: errors under load: {peak}")
+    except ScenarioError as exc:
+        print(f"  {scenario.name:10s} FAILED: {exc}", flush=True)
+        return Figure(scenario=scenario.name, error=str(exc)[:1000])
+    return Figure(
+        scenario=scenario.name,
         rps=round(peak["rps"], 1),
         p50_ms=round(peak["p50_us"] / 1000, 2),
         p99_ms=round(peak["p99_us"] / 1000, 2),
+        cpu_ms=round(cpu * 1000 / max(1, peak["requests"]), 3),
     )
-    half = constant_rate(url, raw, rate or max(1.0, peak["rps"] / 2), args.duration)
+
+
+def measure_half_rate(scenario: Scenario, figure: Figure, rate: float, duration: int) -> None:
+    """Latency at a constant ``rate`` (bench/rate.py: no coordinated omission)."""
+    if figure.error:
+        return
+    half = constant_rate(scenario.url, scenario.body, max(1.0, rate), duration)
     if half.errors:
-        raise ScenarioError(f"{name}: {half.errors} errors at half rate")
+        figure.error = f"{scenario.name}: {half.errors} errors at a constant {rate:.0f}/s"
+        return
     figure.half_rate = round(half.rate, 1)
     figure.half_p50_ms = round(half.p50_ms, 2)
     figure.half_p99_ms = round(half.p99_ms, 2)
-    print(
-        f"  {name:10s} {figure.rps:8.1f} req/s  p50 {figure.p50_ms:6.2f} ms  "
-        f"p99 {figure.p99_ms:6.2f} ms | at {figure.half_rate:.0f}/s: "
-        f"p50 {figure.half_p50_ms:.2f} p99 {figure.half_p99_ms:.2f} ms",
-        flush=True,
-    )
-    return figure
 
 
 def add_ratios(figures: list[Figure]) -> None:
-    ref = next(f for f in figures if f.scenario == "reference")
+    """Each figure's throughput over the reference's in the same round, and its p99/p50."""
+    ref = next((f for f in figures if f.scenario == "reference" and not f.error), None)
     for fig in figures:
         if fig.error:
             continue
         fig.ratios = {
-            key: round(getattr(fig, key) / getattr(ref, key), 2) if getattr(ref, key) else 0.0
-            for key in ("rps", "p50_ms", "p99_ms", "half_p50_ms", "half_p99_ms")
+            "rps": round(fig.rps / ref.rps, 3) if ref and ref.rps else 0.0,
+            "p99_p50": round(fig.p99_ms / fig.p50_ms, 2) if fig.p50_ms else 0.0,
         }
+
+
+def print_figure(fig: Figure) -> None:
+    if fig.error:
+        return
+    line = (
+        f"  {fig.scenario:10s} {fig.rps:8.1f} req/s  ×ref {fig.ratios.get('rps', 0):5.2f}  "
+        f"p50 {fig.p50_ms:7.2f} ms  p99 {fig.p99_ms:7.2f} ms  "
+        f"(p99/p50 {fig.ratios.get('p99_p50', 0):5.1f})  CPU {fig.cpu_ms:5.2f} ms/call"
+    )
+    if fig.half_rate:
+        line += (
+            f" | at {fig.half_rate:.0f}/s: p50 {fig.half_p50_ms:.2f} p99 {fig.half_p99_ms:.2f} ms"
+        )
+    print(line, flush=True)
+
+
+def summarise(rounds: list[list[Figure]]) -> list[Figure]:
+    """Per scenario, the median of each figure and of each ratio over the rounds.
+
+    A scenario that failed in any round is reported as failed.
+    """
+    summary = []
+    for index, first in enumerate(rounds[0]):
+        same = [figures[index] for figures in rounds]
+        errors = [fig.error for fig in same if fig.error]
+        if errors:
+            summary.append(Figure(scenario=first.scenario, error=errors[0]))
+            continue
+        median = Figure(scenario=first.scenario)
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_ms", "half_rate", "half_p50_ms", "half_p99_ms"):
+            setattr(median, key, round(statistics.median(getattr(f, key) for f in same), 3))
+        median.ratios = {
+            key: round(statistics.median(f.ratios[key] for f in same), 3) for key in same[0].ratios
+        }
+        summary.append(median)
+    return summary
 
 
 def machine() -> dict[str, Any]:
@@ -413,60 +484,84 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "commit": commit,
+        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
 def table(figures: list[Figure]) -> str:
-    head = (
-        "| scenario | req/s | ×ref | p50 ms | p99 ms | constant rate/s | p50 ms | p99 ms "
-        "| p99 ×ref |"
-    )
-    lines = [head, "|" + "---|" * 9]
+    half = any(f.half_rate for f in figures)
+    head = "| scenario | req/s | ×ref | p50 ms | p99 ms | p99/p50 | CPU ms/call |"
+    if half:
+        head += " constant rate/s | p50 ms | p99 ms |"
+    columns = head.count("|") - 1
+    lines = [head, "|" + "---|" * columns]
     for f in figures:
         if f.error:
-            lines.append(f"| {f.scenario} | failed: {f.error[:80]} |" + " |" * 7)
+            lines.append(f"| {f.scenario} | failed: {f.error[:80]} |" + " |" * (columns - 2))
             continue
-        lines.append(
+        line = (
             f"| {f.scenario} | {f.rps:.0f} | {f.ratios['rps']:.2f} | {f.p50_ms:.2f} | "
-            f"{f.p99_ms:.2f} | {f.half_rate:.0f} | {f.half_p50_ms:.2f} | {f.half_p99_ms:.2f} | "
-            f"{f.ratios['half_p99_ms']:.2f} |"
+            f"{f.p99_ms:.2f} | {f.ratios['p99_p50']:.1f} | {f.cpu_ms:.2f} |"
         )
+        if half:
+            line += f" {f.half_rate:.0f} | {f.half_p50_ms:.2f} | {f.half_p99_ms:.2f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
-def bench_once(args: argparse.Namespace, fhir: FhirTestServer, tmp: Path) -> dict[str, Any]:
+def bench_config(args: argparse.Namespace, fhir: FhirTestServer, tmp: Path) -> dict[str, Any]:
+    """One configuration: the servers started once, the scenarios in interleaved rounds."""
     service = start_service(tmp, fhir.base_url, args)
     reference = start_reference(tmp, args)
     try:
         chosen = pick_service(service.base, args.service)
         url = f"{service.base}/cds-services/{chosen['id']}"
+        ref_url = f"{reference.base}/cds-services/{chosen['id']}"
         prefetch = chosen.get("prefetch") or {}
         typical = patient_context(args.patient)
-        large = patient_context(LARGE)
-        control = patient_context(NO_CARD)
         print(
             f"service {chosen['id']} ({args.worker_class}, {args.workers} workers, "
             f"{args.threads} threads), ready in {service.ready_s:.2f} s; "
             f"reference ready in {reference.ready_s:.2f} s",
             flush=True,
         )
-        figures = [
-            measure("prefetch", url, hook_body(typical, fhir, prefetch, True), args),
-            measure("nocard", url, hook_body(control, fhir, prefetch, True), args),
-            measure("fetch", url, hook_body(typical, fhir, prefetch, False), args),
-        ]
-        if not args.skip_large:
-            figures.append(measure("large", url, hook_body(large, fhir, prefetch, True), args))
-        # The reference's latency is taken at the typical call's half-peak rate: the same
-        # load, so the latency ratio compares like with like (at half of its own, far higher
-        # peak the load generator, not the server, would be measured).
-        ref_url = f"{reference.base}/cds-services/{chosen['id']}"
-        same_rate = figures[0].half_rate or None
-        figures.append(
-            measure("reference", ref_url, hook_body(typical, fhir, prefetch, True), args, same_rate)
-        )
-        add_ratios(figures)
+        bodies = {
+            "reference": (ref_url, hook_body(typical, fhir, prefetch, True), reference),
+            "nocard": (url, hook_body(patient_context(NO_CARD), fhir, prefetch, True), service),
+            "cards": (url, hook_body(typical, fhir, prefetch, True), service),
+            "fetch": (url, hook_body(typical, fhir, prefetch, False), service),
+            "large": (url, hook_body(patient_context(LARGE), fhir, prefetch, True), service),
+        }
+        names = [name for name in SCENARIOS if not (args.skip_large and name == "large")]
+        scenarios: list[Scenario | Figure] = []
+        for name in names:
+            try:
+                scenarios.append(prepare(name, *bodies[name], args.out))
+            except ScenarioError as exc:
+                print(f"  {name:10s} FAILED: {exc}", flush=True)
+                scenarios.append(Figure(scenario=name, error=str(exc)[:1000]))
+        rounds: list[list[Figure]] = []
+        for number in range(args.rounds):
+            load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+            print(f" round {number + 1} of {args.rounds} (load average {load})", flush=True)
+            figures = [
+                item if isinstance(item, Figure) else measure(item, args, warm_up=number == 0)
+                for item in scenarios
+            ]
+            if args.half_rate:
+                cards = next((f for f in figures if f.scenario == "cards"), None)
+                for item, fig in zip(scenarios, figures, strict=True):
+                    if isinstance(item, Scenario):
+                        own = fig.rps / 2
+                        if item.name == "reference" and cards is not None and cards.rps:
+                            own = cards.rps / 2  # the same load as the typical call
+                        measure_half_rate(item, fig, own, args.duration)
+            add_ratios(figures)
+            for fig in figures:
+                print_figure(fig)
+            rounds.append(figures)
+        summary = summarise(rounds)
         memory = service.memory_mb()
         with urllib.request.urlopen(service.base + "/metrics", timeout=10) as resp:  # noqa: S310
             if b"cds_requests_total" not in resp.read():
@@ -481,44 +576,22 @@ def bench_once(args: argparse.Namespace, fhir: FhirTestServer, tmp: Path) -> dic
             "threads": args.threads,
             "wrk_connections": args.connections,
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "patient": args.patient,
             "service": chosen["id"],
         },
         "ready_s": round(service.ready_s, 2),
+        "reference_ready_s": round(reference.ready_s, 2),
         "sigterm_exit_s": round(service_stop, 2),
         **memory,
-        "figures": [asdict(f) for f in figures],
+        "figures": [asdict(f) for f in summary],
+        "rounds": [[asdict(f) for f in figures] for figures in rounds],
     }
-
-
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One run whose every figure is the median over ``runs`` (all runs kept under "runs").
-
-    The machine is shared with the load generator and the FHIR server, so a single run can
-    catch a pause of another process in its p99; the median of a few runs does not.
-    """
-    if len(runs) == 1:
-        return runs[0]
-    merged = dict(runs[0], repeats=runs)
-    for key in ("ready_s", "sigterm_exit_s", "worker_rss_mb", "worker_pss_mb"):
-        merged[key] = statistics.median(run[key] for run in runs)
-    figures = []
-    for index, first in enumerate(runs[0]["figures"]):
-        same = [run["figures"][index] for run in runs]
-        errors = [fig["error"] for fig in same if fig["error"]]
-        figure = dict(first, error=errors[0] if errors else "")
-        for key in ("rps", "p50_ms", "p99_ms", "half_rate", "half_p50_ms", "half_p99_ms"):
-            figure[key] = round(statistics.median(fig[key] for fig in same), 2)
-        figures.append(figure)
-    as_figures = [Figure(**{k: v for k, v in f.items() if k != "ratios"}) for f in figures]
-    add_ratios(as_figures)
-    merged["figures"] = [asdict(f) for f in as_figures]
-    return merged
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="CI: a second per figure")
+    parser.add_argument("--short", action="store_true", help="CI: one round, 1 s per figure")
     parser.add_argument(
         "--matrix", action="store_true", help="compare sync/gthread with 2, 3 and 4 workers"
     )
@@ -527,18 +600,22 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--duration", type=int, default=10, help="seconds per figure")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (3)")
+    parser.add_argument(
+        "--half-rate", action="store_true", help="also latency at half of each peak"
+    )
     parser.add_argument("--patient", default=TYPICAL, help="the typical patient's id")
     parser.add_argument("--service", default=None, help="patient-view service id")
     parser.add_argument("--skip-large", action="store_true")
-    parser.add_argument(
-        "--repeat", type=int, default=1, help="runs per configuration; the table shows medians"
-    )
     parser.add_argument("--log-level", default="INFO", help="CDS_LOG_LEVEL of the service")
     parser.add_argument("--database-url", default="", help="CDS_DATABASE_URL (default SQLite)")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench.json")
     args = parser.parse_args()
     if args.short:
         args.duration = 1
+    if args.rounds is None:
+        args.rounds = 1 if args.short else 3
+    args.rounds = max(1, args.rounds)
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian package wrk)", file=sys.stderr)
         return 2
@@ -559,19 +636,21 @@ def main() -> int:
             load_patient(fhir, NO_CARD)
             for kind, count in configs:
                 args.worker_class, args.workers = kind, count
-                repeats = []
-                for attempt in range(max(1, args.repeat)):
-                    tmp = Path(tmp_name) / f"{kind}-{count}-{attempt}"
-                    tmp.mkdir()
-                    repeats.append(bench_once(args, fhir, tmp))
-                results.append(median_run(repeats))
-                print(table([Figure(**f) for f in results[-1]["figures"]]), flush=True)
+                tmp = Path(tmp_name) / f"{kind}-{count}"
+                tmp.mkdir()
+                result = bench_config(args, fhir, tmp)
+                results.append(result)
+                print(table([Figure(**f) for f in result["figures"]]), flush=True)
                 print(
-                    f"worker RSS {results[-1]['worker_rss_mb']} MB "
-                    f"(PSS {results[-1]['worker_pss_mb']} MB), ready "
-                    f"{results[-1]['ready_s']} s, SIGTERM exit "
-                    f"{results[-1]['sigterm_exit_s']} s"
-                    + (f" (medians of {len(repeats)} runs)" if len(repeats) > 1 else "")
+                    f"worker RSS {result['worker_rss_mb']} MB (PSS {result['worker_pss_mb']} MB), "
+                    f"ready {result['ready_s']} s, SIGTERM exit {result['sigterm_exit_s']} s; "
+                    f"{kind}, {count} workers"
+                    + (f", {args.threads} threads" if kind == "gthread" else "")
+                    + (
+                        f"; medians of {args.rounds} interleaved rounds"
+                        if args.rounds > 1
+                        else "; one round"
+                    )
                     + "\n",
                     flush=True,
                 )
