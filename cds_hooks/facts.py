@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from cds_hooks.fhir import InvalidResource, parse_resource
+from cds_hooks.fhir import InvalidResource, check_resource
 from cds_hooks.knowledge import Knowledge, Matching, ValueSetCodes
 
 VER_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
@@ -267,7 +267,7 @@ def _reference(resource: dict[str, Any]) -> str:
 
 def _validates(resource: dict[str, Any], resource_type: str) -> bool:
     try:
-        parse_resource(resource, resource_type)
+        check_resource(resource, resource_type)
     except InvalidResource:
         return False
     return True
