@@ -19,6 +19,7 @@ from cds_hooks.services import ServiceRegistry
 from plugin import errors
 from plugin.admin import views as admin
 from plugin.api import body_limit, headers, metrics, views
+from plugin.api.json_codec import JSONProvider
 from plugin.api.pipeline import Pipeline
 from plugin.config import database_url, load_settings
 from plugin.security import auth
@@ -46,7 +47,7 @@ def create_app(
     app.config.update(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings["CDS_MAX_BODY_BYTES"]
     app.config["SECRET_KEY"] = settings["CDS_SECRET_KEY"] or secrets.token_hex(32)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = JSONProvider(app)  # orjson for jsonify; keys in the order given
     level = logging.getLevelName(str(settings["CDS_LOG_LEVEL"]).upper())
     logging.getLogger().setLevel(level)
     # urllib3 logs each request line at DEBUG, and a FHIR query names the patient.
