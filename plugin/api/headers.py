@@ -40,16 +40,25 @@ def _served_over_https() -> bool:
     return request.is_secure or public_url.startswith("https://")
 
 
+# Each set once, with the lower-case name the presence check compares.
+_API_DEFAULTS = tuple((name, name.lower(), value) for name, value in {**COMMON, **API}.items())
+_HTML_DEFAULTS = tuple((name, name.lower(), value) for name, value in {**COMMON, **HTML}.items())
+
+
 def add_security_headers(response: Response) -> Response:
     # An empty text/html body is Flask's automatic OPTIONS answer, not a page.
     page = response.mimetype == "text/html" and (
         response.is_streamed or len(response.get_data()) > 0
     )
-    extra = HTML if page else API
-    for name, value in {**COMMON, **extra}.items():
-        response.headers.setdefault(name, value)
+    headers = response.headers
+    # What the view set is kept (``setdefault``), checked against one set of the names
+    # present rather than a scan of the headers per name.
+    present = {name.lower() for name in headers.keys()}
+    for name, lower, value in _HTML_DEFAULTS if page else _API_DEFAULTS:
+        if lower not in present:
+            headers.add(name, value)
     if _served_over_https():
-        response.headers.setdefault("Strict-Transport-Security", HSTS)
+        headers.setdefault("Strict-Transport-Security", HSTS)
     return response
 
 
