@@ -21,14 +21,14 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.types import FhirBase
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError, LocationParseError, ReadTimeoutError
@@ -154,22 +154,10 @@ _LEAN_RESOURCES: dict[str, frozenset[str]] = {
 }
 
 
-class _LeanResource(BaseModel):
-    """Base of the lean resource models: R4B's choice groups (``onset[x]``...) at most once."""
-
-    model_config = ConfigDict(extra="forbid")
-    _choice_groups: ClassVar[tuple[tuple[str, ...], ...]] = ()
-
-    @model_validator(mode="after")
-    def _one_of_each_choice(self) -> _LeanResource:
-        present = self.model_fields_set
-        for group in self._choice_groups:
-            if sum(1 for name in group if name in present) > 1:
-                raise ValueError("more than one type given for a choice element")
-        return self
-
-
 _LEAN_CACHE: dict[str, type[BaseModel]] = {}
+# Per lean resource type, R4B's choice groups (``onset[x]``...) as the names the lean model
+# takes: R4B allows one of each, so a resource with two goes to the full validation.
+_CHOICE_GROUPS: dict[str, tuple[tuple[str, ...], ...]] = {}
 
 
 def _lean_annotation(annotation: Any) -> Any:
@@ -214,15 +202,15 @@ def _lean_model(r4b: type[FHIRAbstractModel]) -> type[BaseModel]:
             fields[field_name] = (annotation, Field(default=None, alias=alias))
     if name in _LEAN_RESOURCES:
         fields["resourceType"] = (typing.Literal[name], Field())
-        groups = tuple(
-            tuple(field for field in group if field in fields)
-            for group in instance.get_one_of_many_fields().values()
+        _CHOICE_GROUPS[name] = tuple(
+            group
+            for group in (
+                tuple(r4b.model_fields[field].alias or field for field in names if field in fields)
+                for names in instance.get_one_of_many_fields().values()
+            )
+            if len(group) > 1
         )
-        resource_model = create_model(f"Lean{name}", __base__=_LeanResource, **fields)
-        resource_model._choice_groups = groups
-        model: type[BaseModel] = resource_model
-    else:
-        model = create_model(f"Lean{name}", __config__=ConfigDict(extra="forbid"), **fields)
+    model = create_model(f"Lean{name}", __config__=ConfigDict(extra="forbid"), **fields)
     _LEAN_CACHE[name] = model
     return model
 
@@ -234,9 +222,14 @@ def check_resource(data: dict[str, Any], resource_type: str) -> None:
     types the rules read (above); other types are validated in full.
     """
     if resource_type in _LEAN_RESOURCES and data.get("resourceType") == resource_type:
+        model = _lean_model(get_fhir_model_class(resource_type))
+        one_of_each = all(
+            sum(name in data for name in group) <= 1 for group in _CHOICE_GROUPS[resource_type]
+        )
         try:
-            _lean_model(get_fhir_model_class(resource_type)).model_validate(data)
-            return
+            if one_of_each:
+                model.model_validate(data)
+                return
         except ValidationError:
             pass  # not the common shape, or not valid: R4B decides
     parse_resource(data, resource_type)
