@@ -26,6 +26,7 @@ It asserts no timings: it fails only when something does not run or answers with
 
     .venv/bin/python bench/run.py [--short] [--rounds 3] [--workers 2] [--worker-class gthread]
     .venv/bin/python bench/run.py --matrix   # worker type and count comparison
+    .venv/bin/python bench/run.py --configs gthread:2:256,sync:2   # chosen configurations
 """
 
 from __future__ import annotations
@@ -602,6 +603,11 @@ def main() -> int:
     parser.add_argument(
         "--matrix", action="store_true", help="compare sync/gthread with 2, 3 and 4 workers"
     )
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="configurations one after the other, as class:workers[:threads], comma-separated",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"))
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
@@ -631,9 +637,14 @@ def main() -> int:
         print(f"FHIR test server unavailable: {reason}", file=sys.stderr)
         return 2
 
-    configs = [(args.worker_class, args.workers)]
+    configs = [(args.worker_class, args.workers, args.threads)]
     if args.matrix:
-        configs = [(kind, n) for kind in ("sync", "gthread") for n in (2, 3, 4)]
+        configs = [(kind, n, args.threads) for kind in ("sync", "gthread") for n in (2, 3, 4)]
+    if args.configs:
+        configs = []
+        for item in args.configs.split(","):
+            kind, count, *threads = item.split(":")
+            configs.append((kind, int(count), int(threads[0]) if threads else args.threads))
     results = []
     fhir = FhirTestServer(token=FHIR_TOKEN, validate_on_write=False).start()
     with tempfile.TemporaryDirectory(prefix="mkopper-bench-") as tmp_name:
@@ -641,9 +652,9 @@ def main() -> int:
             load_patient(fhir, args.patient)
             load_patient(fhir, LARGE)
             load_patient(fhir, NO_CARD)
-            for kind, count in configs:
-                args.worker_class, args.workers = kind, count
-                tmp = Path(tmp_name) / f"{kind}-{count}"
+            for index, (kind, count, threads) in enumerate(configs):
+                args.worker_class, args.workers, args.threads = kind, count, threads
+                tmp = Path(tmp_name) / f"{index}-{kind}-{count}-{threads}"
                 tmp.mkdir()
                 result = bench_config(args, fhir, tmp)
                 results.append(result)
