@@ -25,23 +25,10 @@ from plugin.storage.schema import smart_sessions
 from tests.support import fhirserver
 from tests.support.fake_services import fake_registry
 from tests.support.fhirserver import FhirTestServer
-from tests.support.smart_auth_server import SmartEhr
+from tests.support.smart_auth_server import CALLBACK, UNUSED_UPSTREAM, SmartEhr
 
 fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
 fhir_store = fhirserver.fhir_store
-
-CALLBACK = "http://localhost/smart/callback"
-UNUSED_UPSTREAM = "http://127.0.0.1:9"
-
-
-@pytest.fixture
-def ehr() -> Iterator[SmartEhr]:
-    server = SmartEhr(UNUSED_UPSTREAM).start()
-    server.register_client("mkopper-cds", CALLBACK)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
