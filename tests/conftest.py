@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from plugin import create_app
+from tests.support.clock import Clock
 
 INJECTED = {"CDS_REGISTRY": "registry", "CDS_SUPPRESSION_POLICY": "policy", "CDS_CLOCK": "clock"}
 
@@ -24,6 +25,8 @@ def make_app(tmp_path: Path) -> Iterator[Any]:
         """Settings as keywords; ``CDS_REGISTRY``, ``CDS_SUPPRESSION_POLICY`` and ``CDS_CLOCK``
         are handed to ``create_app`` as its ``registry``, ``policy`` and ``clock``."""
         given = {name: overrides.pop(key, None) for key, name in INJECTED.items()}
+        # Time comes from the injected clock: the fixed test clock unless a test gives its own.
+        given["clock"] = given["clock"] or Clock()
         parts = {name: value for name, value in given.items() if value is not None}
         config: dict[str, Any] = {"CDS_DATA_DIR": str(tmp_path), "CDS_ALLOW_UNSIGNED": "1"}
         config.update(overrides)
