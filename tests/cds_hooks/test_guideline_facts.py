@@ -276,7 +276,7 @@ def encounter(klass: Any, eid: str = "e1", status: str = "in-progress") -> dict[
     ("klass", "expected"),
     [
         ({"system": ACT, "code": "AMB"}, CareSetting.OUTPATIENT),
-        ({"system": ACT, "code": "HH"}, CareSetting.OUTPATIENT),
+        ({"system": ACT, "code": "HH"}, CareSetting.HOME),
         ({"system": ACT, "code": "EMER"}, CareSetting.EMERGENCY),
         ({"system": ACT, "code": "IMP"}, CareSetting.INPATIENT),
         ({"system": ACT, "code": "OBSENC"}, CareSetting.INPATIENT),

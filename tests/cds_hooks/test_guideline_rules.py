@@ -50,13 +50,20 @@ def test_no_mkopper_no_findings() -> None:
         (CareSetting.EMERGENCY, {"droplet-precautions-outpatient", "cleaning-after-consultation"}),
         (CareSetting.INPATIENT, {"isolation-inpatient"}),
         (CareSetting.UNKNOWN, {"droplet-precautions"}),
-        (CareSetting.FIELD, {"droplet-precautions", "respirator"}),
+        # The ambulance card itself advises the respirator (5.2): no second card for it.
+        (CareSetting.FIELD, {"droplet-precautions"}),
+        (CareSetting.HOME, {"droplet-precautions"}),
         (CareSetting.VIRTUAL, set()),
     ],
 )
 def test_regime_follows_the_care_setting(setting: CareSetting, regime: set[str]) -> None:
     facts = Facts(status=Status.SUSPECTED, care_setting=setting)
-    always = {"infectious-period", "plan-outpatient-consultation", "notify-municipal-doctor"}
+    always = {
+        "infectious-period",
+        "plan-outpatient-consultation",
+        "notify-municipal-doctor",
+        "sampling-by-agreement",  # a suspected case: the moment decides whether it shows
+    }
     staff = set() if setting is CareSetting.VIRTUAL else {"staff-in-vulnerable-groups"}
     assert keys(facts) == always | regime | staff
 
@@ -92,11 +99,12 @@ def test_contact_tracing_only_for_confirmed() -> None:
     assert "contact-tracing" in keys(Facts(status=Status.CONFIRMED))
 
 
-def test_sampling_when_a_test_is_ordered() -> None:
-    assert "sampling-by-agreement" not in keys(SUSPECTED)
-    assert "sampling-by-agreement" in keys(
-        Facts(Status.SUSPECTED, mkopper_test_ordered=True, mkopper_test_evidence=("SR/t",))
-    )
+def test_sampling_when_a_test_is_ordered_or_the_case_is_suspected() -> None:
+    confirmed = Facts(Status.CONFIRMED)
+    assert "sampling-by-agreement" not in keys(confirmed)
+    assert "sampling-by-agreement" in keys(SUSPECTED)
+    ordered = Facts(Status.CONFIRMED, mkopper_test_ordered=True, mkopper_test_evidence=("SR/t",))
+    assert rules.sampling_by_agreement(ordered) == Finding("sampling-by-agreement", ("SR/t",))
 
 
 def test_every_rule_gives_a_known_finding() -> None:
@@ -137,7 +145,7 @@ def test_related_advice_is_merged_not_repeated(knowledge: Any) -> None:
     assert [item.finding for item in issued] == ["droplet-precautions-outpatient"]
     card = issued[0].card
     assert "Rengjøring og desinfeksjon" in card.detail
-    assert "punkt 5.1." in card.detail
+    assert "punkt 5.1, 5.2." in card.detail
     assert {str(link.url) for link in card.links} == {
         "https://kvalitet.helse-bergen.no/docs/pub/dok00499.htm",
         "https://kvalitet.helse-bergen.no/docs/pub/dok00575.htm",
