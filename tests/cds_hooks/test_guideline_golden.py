@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -54,6 +55,13 @@ def test_enough_cases_for_every_hook() -> None:
     for hook in HOOKS:
         outcomes = {bool(c.expected["cards"]) for c in CASES if c.request["hook"] == hook}
         assert outcomes == {True, False}, hook
+
+
+def test_case_descriptions_name_a_guideline_section() -> None:
+    described = [case for case in CASES if case.description is not None]
+    assert len(described) >= 20
+    for case in described:
+        assert re.match(r"Punkt \d", case.description or ""), case.id
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
