@@ -140,6 +140,26 @@ _LEAN_RESOURCES: dict[str, frozenset[str]] = {
         "requester",
         "reasonCode",
     },
+    "Procedure": _RESOURCE_COMMON
+    | {
+        "basedOn",
+        "partOf",
+        "status",
+        "statusReason",
+        "category",
+        "code",
+        "subject",
+        "encounter",
+        "performedDateTime",
+        "performedPeriod",
+        "performedString",
+        "recorder",
+        "asserter",
+        "location",
+        "reasonCode",
+        "bodySite",
+        "usedCode",
+    },
     "Encounter": _RESOURCE_COMMON
     | {
         "status",
@@ -276,6 +296,14 @@ _WARM_UP: tuple[dict[str, Any], ...] = (
         "intent": "order",
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "0"}]},
         "subject": {"reference": "Patient/p"},
+    },
+    {
+        "resourceType": "Procedure",
+        "status": "in-progress",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "0"}]},
+        "subject": {"reference": "Patient/p"},
+        "performedPeriod": {"start": "2025-01-01T00:00:00Z"},
+        "usedCode": [{"coding": [{"system": "http://snomed.info/sct", "code": "0"}]}],
     },
     {
         "resourceType": "Communication",

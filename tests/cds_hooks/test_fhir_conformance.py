@@ -21,7 +21,7 @@ from cds_hooks import fhir
 from cds_hooks.fhir import InvalidResource, check_resource, parse_resource
 from tests.support.paths import ROOT
 
-TYPES = ("Condition", "Observation", "ServiceRequest", "Encounter")
+TYPES = ("Condition", "Observation", "ServiceRequest", "Encounter", "Procedure")
 
 
 def _resources(value: Any) -> Iterator[dict[str, Any]]:
@@ -112,6 +112,14 @@ BASE = {
         "subject": {"reference": "Patient/p"},
         "authoredOn": "2026-11-24",
     },
+    "Procedure": {
+        "resourceType": "Procedure",
+        "id": "p1",
+        "status": "completed",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "0"}]},
+        "subject": {"reference": "Patient/p"},
+        "performedPeriod": {"start": "2026-11-24T10:00:00Z", "end": "2026-11-24T11:00:00Z"},
+    },
     "Encounter": {
         "resourceType": "Encounter",
         "id": "e1",
@@ -149,6 +157,9 @@ DELETE = object()
         ("Observation", {"valueQuantity": {"value": "1.0"}}),
         ("ServiceRequest", {"intent": DELETE}),
         ("ServiceRequest", {"orderDetail": [{"coding": [{"code": 7}]}]}),
+        ("Procedure", {"performedDateTime": "2026-11-24"}),  # a second performed[x]
+        ("Procedure", {"status": DELETE}),
+        ("Procedure", {"usedCode": [{"coding": [{"code": "x"}], "text": 5}]}),
         ("Encounter", {"class": [{"coding": [{"code": "EMER"}]}]}),  # R5's shape
         ("Encounter", {"class": None}),
         ("Encounter", {"class": DELETE}),
