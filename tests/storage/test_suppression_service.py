@@ -9,6 +9,7 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+from cds_hooks.knowledge import load_knowledge
 from tests.support.clock import START, Clock
 from tests.support.paths import TESTS
 
@@ -162,3 +163,11 @@ def test_accepting_without_a_suggestion_or_another_card_does_not_suppress(
         cards_by_kind(client, suspected_request())
     )
 
+
+def test_the_notification_card_does_not_offer_to_postpone(make_app: Any) -> None:
+    client = make_app().test_client()
+    notification = cards_by_kind(client, suspected_request())["notify-municipal-doctor"]
+    codes = [reason["code"] for reason in notification["overrideReasons"]]
+    # The guideline says "umiddelbart": no card offers "Utsett 24 timer" (postpone-24h).
+    assert codes == ["already-notified", "not-relevant-for-contact"]
+    assert "postpone-24h" not in load_knowledge().content.override_reasons
