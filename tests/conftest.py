@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from plugin import create_app
+from tests.support.clock import Clock
 
 INJECTED = {"CDS_REGISTRY": "registry", "CDS_SUPPRESSION_POLICY": "policy", "CDS_CLOCK": "clock"}
 
@@ -22,9 +23,12 @@ def make_app(tmp_path: Path) -> Iterator[Any]:
 
     def factory(**overrides: Any) -> Flask:
         """Settings as keywords; ``CDS_REGISTRY``, ``CDS_SUPPRESSION_POLICY`` and ``CDS_CLOCK``
-        are handed to ``create_app`` as its ``registry``, ``policy`` and ``clock``."""
+        are handed to ``create_app`` as its ``registry``, ``policy`` and ``clock``. Without
+        ``CDS_CLOCK`` the app reads the fixed test clock (``tests.support.clock.START``), never
+        the real one."""
         given = {name: overrides.pop(key, None) for key, name in INJECTED.items()}
         parts = {name: value for name, value in given.items() if value is not None}
+        parts.setdefault("clock", Clock())
         config: dict[str, Any] = {"CDS_DATA_DIR": str(tmp_path), "CDS_ALLOW_UNSIGNED": "1"}
         config.update(overrides)
         app = create_app(config, **parts)

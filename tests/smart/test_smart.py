@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +23,7 @@ from flask.testing import FlaskClient
 from plugin.smart import render as smart_render
 from plugin.storage.schema import smart_sessions
 from tests.support import fhirserver
+from tests.support.clock import Clock
 from tests.support.fake_services import fake_registry
 from tests.support.fhirserver import FhirTestServer
 from tests.support.smart_auth_server import SmartEhr
@@ -337,10 +338,15 @@ def test_session_ends_with_the_token(make_app: Any) -> None:
     short = SmartEhr(UNUSED_UPSTREAM, token_lifetime=1).start()
     try:
         short.register_client("mkopper-cds", CALLBACK)
-        app = make_app(CDS_REGISTRY=fake_registry(), CDS_ALLOWED_FHIR_SERVERS=short.fhir_base)
+        clock = Clock()
+        app = make_app(
+            CDS_REGISTRY=fake_registry(),
+            CDS_ALLOWED_FHIR_SERVERS=short.fhir_base,
+            CDS_CLOCK=clock,
+        )
         client = app.test_client()
         open_session(client, short, "p1")
-        time.sleep(1.2)
+        clock.now += timedelta(seconds=1.2)
         response = client.get("/smart/")
         assert response.status_code == 401
         assert problem(response) == "session-expired"
