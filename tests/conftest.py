@@ -27,8 +27,9 @@ def make_app(tmp_path: Path) -> Iterator[Any]:
         ``CDS_CLOCK`` the app reads the fixed test clock (``tests.support.clock.START``), never
         the real one."""
         given = {name: overrides.pop(key, None) for key, name in INJECTED.items()}
+        # Time comes from the injected clock: the fixed test clock unless a test gives its own.
+        given["clock"] = given["clock"] or Clock()
         parts = {name: value for name, value in given.items() if value is not None}
-        parts.setdefault("clock", Clock())
         config: dict[str, Any] = {"CDS_DATA_DIR": str(tmp_path), "CDS_ALLOW_UNSIGNED": "1"}
         config.update(overrides)
         app = create_app(config, **parts)

@@ -38,6 +38,11 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+def clock() -> float:
+    """Seconds since 1970 on this machine's clock (a test replaces it with its own)."""
+    return time.time()
+
+
 class ClientKey:
     """An ES384 private key and what the service needs to know about it."""
 
@@ -72,8 +77,8 @@ class ClientKey:
         return {"iss": self.iss, "jwks": {"keys": [self.public_jwk()]}}
 
     def token(self, audience: str) -> str:
-        """A JWT for one call to ``audience`` (the exact URL posted to)."""
-        now = int(time.time())
+        """A JWT for one call to ``audience`` (the exact URL posted to), issued now."""
+        now = int(clock())
         claims = {
             "iss": self.iss,
             "aud": audience,

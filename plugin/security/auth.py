@@ -18,7 +18,6 @@ never the token.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +46,11 @@ MAX_TOKEN_CHARS = 16 * 1024
 MAX_JTI_CHARS = 255
 
 RememberJti = Callable[[str, datetime], bool]
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +108,13 @@ class Authenticator:
         clients: Mapping[str, TrustedClient],
         algorithms: frozenset[str],
         key_sets: KeySetCache,
+        clock: Clock = _utcnow,
     ):
         self.clients = clients
         self.algorithms = algorithms
         self.key_sets = key_sets
+        # exp and iat are checked against the service's one clock (the one storage reads).
+        self.clock = clock
 
     def verify(self, token: str, audience: str, remember_jti: RememberJti) -> Caller:
         """Check ``token`` for a call to ``audience``; raise :class:`Rejected` on any fault."""
@@ -147,19 +154,15 @@ class Authenticator:
                 algorithms=[alg],
                 audience=audience,
                 issuer=client.iss,
-                leeway=CLOCK_SKEW_SECONDS,
                 options={
                     "require": ["iss", "aud", "exp", "iat", "jti"],
                     "enforce_minimum_key_length": True,
+                    # Checked below against the service's clock rather than PyJWT's.
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
                 },
             )
-        except jwt.ExpiredSignatureError:
-            raise Rejected(f"expired (iss {client.iss!r})", "The JWT has expired.") from None
-        except jwt.ImmatureSignatureError:
-            raise Rejected(
-                f"issued in the future (iss {client.iss!r})",
-                "The JWT is not yet valid; check the client's clock.",
-            ) from None
         except jwt.InvalidAudienceError:
             raise Rejected(
                 f"aud is not {audience!r} (iss {client.iss!r})",
@@ -178,7 +181,7 @@ class Authenticator:
             raise Rejected(f"invalid ({type(exc).__name__}, iss {client.iss!r})") from None
 
         self._check_tenant(client, claims)
-        expires_at = self._check_lifetime(client, claims)
+        expires_at = self._check_times(client, claims, self.clock().timestamp())
         jti = claims["jti"]
         if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS:
             raise Rejected(
@@ -219,16 +222,34 @@ class Authenticator:
             )
 
     @staticmethod
-    def _check_lifetime(client: TrustedClient, claims: Mapping[str, Any]) -> datetime:
-        # PyJWT has checked that exp and iat are integers.
-        exp = int(claims["exp"])
-        if exp - time.time() > MAX_LIFETIME_SECONDS:
+    def _check_times(client: TrustedClient, claims: Mapping[str, Any], now: float) -> datetime:
+        """exp not past, iat and nbf not ahead (each within the clock skew), exp not too far
+        ahead; the time until which the jti must be remembered."""
+        times: dict[str, int] = {}
+        for name in ("exp", "iat", "nbf"):
+            value = claims.get(name)
+            if value is None and name == "nbf":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise Rejected(
+                    f"{name} is not an integer (iss {client.iss!r})",
+                    f"The JWT's '{name}' must be an integer (seconds since 1970).",
+                )
+            times[name] = value
+        if times["exp"] <= now - CLOCK_SKEW_SECONDS:
+            raise Rejected(f"expired (iss {client.iss!r})", "The JWT has expired.")
+        if max(times["iat"], times.get("nbf", times["iat"])) > now + CLOCK_SKEW_SECONDS:
+            raise Rejected(
+                f"issued in the future (iss {client.iss!r})",
+                "The JWT is not yet valid; check the client's clock.",
+            )
+        if times["exp"] - now > MAX_LIFETIME_SECONDS:
             raise Rejected(
                 f"exp more than {MAX_LIFETIME_SECONDS} s ahead (iss {client.iss!r})",
                 "The JWT is valid for too long.",
             )
         # Kept until the token could no longer pass the exp check anyway.
-        return datetime.fromtimestamp(exp + CLOCK_SKEW_SECONDS, tz=UTC)
+        return datetime.fromtimestamp(times["exp"] + CLOCK_SKEW_SECONDS, tz=UTC)
 
 
 def expected_audience(request: Request, public_url: str) -> str:
@@ -243,7 +264,10 @@ def init_app(app: Flask) -> None:
     algorithms = parse_algorithms(app.config["CDS_JWT_ALGORITHMS"])
     clients = load_trusted_clients(str(app.config["CDS_TRUSTED_CLIENTS"] or ""))
     ttl = as_int("CDS_JWKS_CACHE_SECONDS", app.config["CDS_JWKS_CACHE_SECONDS"])
-    app.extensions["cds_auth"] = Authenticator(clients, algorithms, KeySetCache(ttl))
+    store = app.extensions["cds_store"]
+    app.extensions["cds_auth"] = Authenticator(
+        clients, algorithms, KeySetCache(ttl), clock=store.clock
+    )
     if as_bool(app.config["CDS_ALLOW_UNSIGNED"]):
         log.warning(
             "!!! CDS_ALLOW_UNSIGNED=1: calls WITHOUT a signed JWT are accepted from loopback "

@@ -19,7 +19,9 @@ from tests.support.fhir_faults import FAULTS, AcceptRecorder
 from tests.support.fhirserver import FhirTestServer
 
 BUDGET_MS = 500
-LIMIT_S = BUDGET_MS / 1000 * 1.10
+# The slow faults hold an answer for 5 s: finishing well before that shows the budget cut the
+# fetch. The margin over the budget is for a loaded test machine, not for the service.
+LIMIT_S = BUDGET_MS / 1000 + 1.0
 TOKEN = "http-fault-token-27182"
 
 recorder = fhir_faults.recorder  # pytest fixtures, used by name

@@ -19,6 +19,7 @@ import responses
 from cds_hooks.fhir import parse_resource
 from cds_hooks.models import Card, HookRequest, Source
 from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
+from plugin.cli import client_key
 from plugin.cli.call_request import HOOKS, CallInput, build_context, parse_code
 from plugin.cli.client_key import load_or_create
 from plugin.cli.http import (
@@ -30,6 +31,7 @@ from plugin.cli.http import (
     CommandError,
 )
 from tests.support.cli_support import run_command, serving, write_trust
+from tests.support.clock import START
 from tests.support.fake_services import fake_registry
 from tests.support.fhir import searchset
 
@@ -86,6 +88,8 @@ def registry(recorder: Recorder) -> ServiceRegistry:
 def client_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "client"
     monkeypatch.setenv("CDS_DATA_DIR", str(directory))
+    # The CLI signs on the clock of the app it calls: make_app's fixed test clock.
+    monkeypatch.setattr(client_key, "clock", START.timestamp)
     monkeypatch.delenv("CDS_FHIR_TOKEN", raising=False)
     monkeypatch.delenv("CDS_SERVICE_URL", raising=False)
     return directory

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
-import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.support.clock import START, Clock
 from tests.support.fake_services import fake_registry
 from tests.support.jwt_keys import (
     ISSUER,
@@ -99,7 +100,8 @@ def resign(
 
 
 def now() -> int:
-    return int(time.time())
+    """The app's time: make_app's fixed test clock."""
+    return int(START.timestamp())
 
 
 # --- accepted ---------------------------------------------------------------------------
@@ -215,6 +217,34 @@ def test_attack_expired(client: FlaskClient) -> None:
 
 def test_attack_iat_in_the_future(client: FlaskClient) -> None:
     assert_401(call(client, ES384.token(SERVICE_URL, iat=now() + 300, exp=now() + 600)))
+
+
+def test_token_times_are_read_on_the_services_clock(make_app: Any, clients_file: Path) -> None:
+    # The same token before and after the app's injected clock passes its exp.
+    clock = Clock(START)
+    app = make_app(
+        CDS_REGISTRY=fake_registry(),
+        CDS_ALLOW_UNSIGNED="0",
+        CDS_TRUSTED_CLIENTS=str(clients_file),
+        CDS_CLOCK=clock,
+    )
+    first, second = (ES384.token(SERVICE_URL, exp=now() + 300) for _ in range(2))
+    assert call(app.test_client(), first).status_code == 200
+    clock.now = START + timedelta(seconds=300 + 61)  # past exp and the 60 s skew
+    error = assert_401(call(app.test_client(), second))
+    assert "expired" in error["message"]
+
+
+def test_attack_nbf_in_the_future(client: FlaskClient) -> None:
+    error = assert_401(call(client, ES384.token(SERVICE_URL, nbf=now() + 300, exp=now() + 600)))
+    assert "not yet valid" in error["message"]
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+def test_attack_time_claim_not_an_integer(client: FlaskClient, claim: str) -> None:
+    value = str(now() + 300) if claim == "exp" else str(now())
+    error = assert_401(call(client, ES384.token(SERVICE_URL, **{claim: value})))
+    assert claim in error["message"]
 
 
 def test_attack_wrong_aud(client: FlaskClient) -> None:

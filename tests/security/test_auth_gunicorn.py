@@ -102,6 +102,8 @@ def post(
 
 def bearer(service: ServiceProcess, token_key: Any = ES384, **claims: Any) -> dict[str, str]:
     aud = f"{service.base}/cds-services/{SERVICE_ID}"
+    # The service runs in its own process on its real clock: the token is issued on it too.
+    claims.setdefault("now", time.time())
     return {"Authorization": f"Bearer {token_key.token(aud, **claims)}"}
 
 

@@ -23,26 +23,13 @@ from flask.testing import FlaskClient
 from plugin.smart import render as smart_render
 from plugin.storage.schema import smart_sessions
 from tests.support import fhirserver
-from tests.support.clock import Clock
+from tests.support.clock import START, Clock
 from tests.support.fake_services import fake_registry
 from tests.support.fhirserver import FhirTestServer
-from tests.support.smart_auth_server import SmartEhr
+from tests.support.smart_auth_server import CALLBACK, UNUSED_UPSTREAM, SmartEhr
 
 fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
 fhir_store = fhirserver.fhir_store
-
-CALLBACK = "http://localhost/smart/callback"
-UNUSED_UPSTREAM = "http://127.0.0.1:9"
-
-
-@pytest.fixture
-def ehr() -> Iterator[SmartEhr]:
-    server = SmartEhr(UNUSED_UPSTREAM).start()
-    server.register_client("mkopper-cds", CALLBACK)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -335,10 +322,10 @@ def test_page_without_a_session_says_it_expired(smart_app: Flask) -> None:
 
 
 def test_session_ends_with_the_token(make_app: Any) -> None:
-    short = SmartEhr(UNUSED_UPSTREAM, token_lifetime=1).start()
+    short = SmartEhr(UNUSED_UPSTREAM, token_lifetime=60).start()
+    clock = Clock(START)
     try:
         short.register_client("mkopper-cds", CALLBACK)
-        clock = Clock()
         app = make_app(
             CDS_REGISTRY=fake_registry(),
             CDS_ALLOWED_FHIR_SERVERS=short.fhir_base,
@@ -346,7 +333,7 @@ def test_session_ends_with_the_token(make_app: Any) -> None:
         )
         client = app.test_client()
         open_session(client, short, "p1")
-        clock.now += timedelta(seconds=1.2)
+        clock.now = START + timedelta(seconds=61)  # the token's 60 s have passed
         response = client.get("/smart/")
         assert response.status_code == 401
         assert problem(response) == "session-expired"

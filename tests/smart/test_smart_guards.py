@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from plugin.storage.schema import smart_sessions
-from tests.smart.test_smart import CALLBACK, UNUSED_UPSTREAM, problem
+from tests.smart.test_smart import problem
 from tests.support.clock import Clock
 from tests.support.fake_services import fake_registry
 from tests.support.smart_auth_server import SmartEhr
@@ -128,16 +128,6 @@ def test_a_dribbling_smart_configuration_is_cut_at_the_deadline(
     assert response.status_code == 502
     assert problem(response) == "fhir-unavailable"
     assert elapsed < 7.0  # the 5 s budget; held a launch for 40 s before
-
-
-@pytest.fixture
-def ehr() -> Iterator[SmartEhr]:
-    server = SmartEhr(UNUSED_UPSTREAM).start()
-    server.register_client("mkopper-cds", CALLBACK)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _rows(app: Flask) -> int:

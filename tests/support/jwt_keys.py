@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
 from dataclasses import dataclass, field
 from functools import cache
@@ -19,6 +18,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from tests.support.clock import START
 
 ISSUER = "https://ehr.test.example"
 
@@ -45,10 +46,13 @@ class SigningKey:
         /,
         *,
         headers: dict[str, Any] | None = None,
+        now: float | None = None,
         **claims: Any,
     ) -> str:
-        """A signed JWT; a claim or header field given as ``None`` is left out."""
-        now = int(time.time())
+        """A signed JWT issued at ``now`` (default: the test clock's START, the time an app
+        built by ``make_app`` reads); a claim or header field given as ``None`` is left out.
+        A test of a service in its own process (on its real clock) passes ``now=time.time()``."""
+        now = int(START.timestamp() if now is None else now)
         payload: dict[str, Any] = {
             "iss": ISSUER,
             "aud": aud,

@@ -37,6 +37,10 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 CODE_LIFETIME_SECONDS = 60
+# The service's SMART callback as Flask's test client sees it, and an upstream FHIR base
+# that nothing listens on (for tests that never reach FHIR).
+CALLBACK = "http://localhost/smart/callback"
+UNUSED_UPSTREAM = "http://127.0.0.1:9"
 
 
 @dataclass
