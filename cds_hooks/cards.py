@@ -2,22 +2,32 @@
 
 One card kind per finding. A finding whose content names ``merge_into`` is folded into that
 finding's card when both are present (related advice merged, not repeated). Cards are sorted by
-urgency (indicator, then the content's priority) and cut to ``max_cards``. Every call makes
-fresh uuids, so feedback can be joined to the very card shown.
+urgency (indicator, then the content's priority). Under the card cap, :class:`CapFitter` folds
+a card whose content names ``merge_when_cut`` into the first of those cards still shown rather
+than cut it, and re-renders that card; what cannot be folded is cut and named. Every rendering
+makes fresh uuids, so feedback can be joined to the very card shown.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cds_hooks.facts import Status
+from cds_hooks.facts import NOTIFICATION_CATEGORY, Status
 from cds_hooks.knowledge import FindingContent, Knowledge, Language
 from cds_hooks.models import URGENCY, Action, Card, Coding, Link, Source, Suggestion
 from cds_hooks.rules import NOTIFY_MUNICIPAL_DOCTOR, Finding
-from cds_hooks.services import IssuedCard
+from cds_hooks.services import Fitted, IssuedCard, cut_to
+
+# context.userId as a FHIR reference the Communication may carry as its sender (the CDS Hooks
+# user types that can send; an id as FHIR defines it).
+_SENDER = re.compile(
+    r"^(?:Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +36,8 @@ class RenderContext:
 
     patient_id: str
     encounter_id: str | None = None
+    user_id: str | None = None  # context.userId ("Practitioner/123")
+    now: dt.datetime | None = None  # the call's clock
 
 
 def _urgency(content: FindingContent, key: str) -> tuple[int, int, str]:
@@ -70,6 +82,17 @@ def notification_record(
     resource: dict[str, Any] = {
         "resourceType": "Communication",
         "status": "completed",
+        # The service's own marker, so that the record is recognised when it is read back.
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": knowledge.codesystem_url("card-topic"),
+                        "code": NOTIFICATION_CATEGORY,
+                    }
+                ]
+            }
+        ],
         "subject": {"reference": f"Patient/{context.patient_id}"},
         "recipient": [{"display": text.recipient.get(language)}],
         "medium": [{"text": text.medium.get(language)}],
@@ -78,6 +101,10 @@ def notification_record(
     }
     if context.encounter_id:
         resource["encounter"] = {"reference": f"Encounter/{context.encounter_id}"}
+    if context.now is not None:
+        resource["sent"] = context.now.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if context.user_id is not None and _SENDER.match(context.user_id):
+        resource["sender"] = {"reference": context.user_id}
     about = [
         {"reference": ref}
         for ref in evidence
@@ -113,9 +140,17 @@ def _card(
     host = group[0]
     host_content = content.findings[host.key]
     parts = [content.findings[f.key] for f in group]
+    host_variant = host_content.variants.get(host.variant) if host.variant else None
+    summary = (host_variant or host_content).summary.get(language)
 
     sections = list(dict.fromkeys(section for part in parts for section in part.sections))
-    detail = "\n\n".join(part.detail.get(language) for part in parts)
+    details = []
+    for finding, part in zip(group, parts, strict=True):
+        variant = part.variants.get(finding.variant) if finding.variant else None
+        text = (variant or part).detail.get(language)
+        # A merged part is headed by its topic, so that the card still reads as sections.
+        details.append(text if finding is host else f"**{part.topic.get(language)}**\n\n{text}")
+    detail = "\n\n".join(details)
     basis = _basis_line(knowledge, host, language)
     if basis:
         detail = f"{detail}\n\n{basis}"
@@ -151,7 +186,7 @@ def _card(
 
     return Card(
         uuid=str(uuid.uuid4()),
-        summary=host_content.summary.get(language),
+        summary=summary,
         detail=detail,
         indicator=host_content.indicator,
         source=Source.model_validate(
@@ -180,6 +215,33 @@ def _card(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RenderedCard(IssuedCard):
+    """An issued card that remembers what it was rendered from, so that it can be rendered
+    again with more advice folded in."""
+
+    group: tuple[Finding, ...] = ()
+    context: RenderContext | None = None
+    language: Language = "nb"
+
+
+def _issued(
+    knowledge: Knowledge,
+    group: Sequence[Finding],
+    context: RenderContext,
+    language: Language,
+    merged: tuple[str, ...] = (),
+) -> RenderedCard:
+    return RenderedCard(
+        card=_card(knowledge, group, context, language),
+        finding=group[0].key,
+        merged=merged,
+        group=tuple(group),
+        context=context,
+        language=language,
+    )
+
+
 def render_cards(
     knowledge: Knowledge,
     findings: Sequence[Finding],
@@ -188,11 +250,66 @@ def render_cards(
     language: Language = "nb",
     max_cards: int | None = 3,
 ) -> list[IssuedCard]:
-    """The cards for these findings, most urgent first, at most ``max_cards`` (None: all)."""
-    groups = _group(knowledge, findings)
-    if max_cards is not None:
-        groups = groups[: max(max_cards, 0)]
-    return [
-        IssuedCard(card=_card(knowledge, group, context, language), finding=group[0].key)
-        for group in groups
+    """The cards for these findings, most urgent first, fitted under ``max_cards`` by
+    :class:`CapFitter` (None: all, for a caller that fits them after suppression)."""
+    issued: list[IssuedCard] = [
+        _issued(knowledge, group, context, language) for group in _group(knowledge, findings)
     ]
+    if max_cards is None:
+        return issued
+    return CapFitter(knowledge)(issued, max_cards).issued
+
+
+class CapFitter:
+    """The card cap that merges before it cuts (a :data:`~cds_hooks.services.Fitter`).
+
+    While there are more cards than ``limit``, the least urgent card whose content names
+    ``merge_when_cut`` is folded into the first of those cards that will be shown (one within
+    the first ``limit``), which is rendered again with a fresh uuid. When nothing more can be
+    folded, the rest is cut as :func:`~cds_hooks.services.cut_to` does, and named.
+    """
+
+    def __init__(self, knowledge: Knowledge) -> None:
+        self.knowledge = knowledge
+
+    def __call__(self, items: Sequence[IssuedCard], limit: int | None) -> Fitted:
+        cards = list(items)
+        if limit is None:
+            return cut_to(cards, limit)
+        while len(cards) > limit:
+            folded = self._fold_one(cards, limit)
+            if folded is None:
+                break
+            cards = folded
+        return cut_to(cards, limit)
+
+    def _fold_one(self, cards: list[IssuedCard], limit: int) -> list[IssuedCard] | None:
+        findings = self.knowledge.content.findings
+        for index in range(len(cards) - 1, -1, -1):
+            guest = cards[index]
+            if not isinstance(guest, RenderedCard):
+                continue
+            for target in findings[guest.finding].merge_when_cut:
+                host_index = next(
+                    (
+                        i
+                        for i, card in enumerate(cards[:limit])
+                        if i != index and card.finding == target
+                    ),
+                    None,
+                )
+                if host_index is None:
+                    continue
+                host = cards[host_index]
+                if not isinstance(host, RenderedCard) or host.context is None:
+                    continue
+                merged = _issued(
+                    self.knowledge,
+                    host.group + guest.group,
+                    host.context,
+                    host.language,
+                    merged=(*host.merged, guest.finding, *guest.merged),
+                )
+                rest = [card for i, card in enumerate(cards) if i != index]
+                return [merged if card is host else card for card in rest]
+        return None

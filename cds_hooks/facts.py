@@ -19,6 +19,16 @@ Decisions (each follows TERMINOLOGY.md where it speaks):
   suspected (the duty to notify applies "already at suspicion", guideline section 8).
 - **Care setting** from the Encounter's class (R4: one Coding; R5: a list of CodeableConcepts)
   and Volven 8406 omsorgsnivå in class or type; when several disagree the most demanding wins.
+  A home visit (HH) has the outpatient precautions but its own words: no examination room, no
+  waiting room.
+- **Aerosol-generating procedures**: ordered (an active ServiceRequest, or a draft order the
+  clinician just selected), in progress (a Procedure in preparation or in progress), or
+  performed recently (a completed or stopped Procedure that ended within
+  ``aerosol_procedure_recent_hours`` of the call's clock; without a clock, only one in
+  progress counts).
+- **Notification recorded**: a completed Communication carrying the notification card's own
+  category (the card-topic code ``notify-municipal-doctor``), sent within
+  ``notification_lookback_days`` of the call's clock.
 - **Respiratory symptoms**: TERMINOLOGY.md verifies no code for them, so they stay unknown.
 - Missing data is unknown (``None`` / ``UNKNOWN``), never "no". Raw dicts are filtered by code
   before model validation; a malformed resource is skipped and counted, never a crash.
@@ -147,6 +157,12 @@ _RESULT_POSITIVE = ("påvist", "positiv", "detected")
 _OBSERVATION_COUNTS = frozenset({"final", "amended", "corrected", "preliminary"})
 _ORDER_COUNTS = frozenset({"draft", "active", "on-hold"})
 _ENCOUNTER_VOID = frozenset({"cancelled", "entered-in-error"})
+# Procedure.status: under way (counts whenever it started) or ended (counts within the window).
+_PROCEDURE_UNDER_WAY = frozenset({"preparation", "in-progress"})
+_PROCEDURE_ENDED = frozenset({"completed", "stopped"})
+# The category code (in the card-topic CodeSystem) that marks the Communication the
+# notification card suggests, so that the service can read the record back.
+NOTIFICATION_CATEGORY = "notify-municipal-doctor"
 _EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
@@ -167,6 +183,7 @@ class CareSetting(StrEnum):
     EMERGENCY = "emergency"
     INPATIENT = "inpatient"
     FIELD = "field"
+    HOME = "home"
     VIRTUAL = "virtual"
     UNKNOWN = "unknown"
 
@@ -176,6 +193,7 @@ _SETTING_VALUESETS: tuple[tuple[CareSetting, str], ...] = (
     (CareSetting.INPATIENT, "care-setting-inpatient"),
     (CareSetting.FIELD, "care-setting-field"),
     (CareSetting.EMERGENCY, "care-setting-emergency"),
+    (CareSetting.HOME, "care-setting-home"),
     (CareSetting.OUTPATIENT, "care-setting-outpatient"),
     (CareSetting.VIRTUAL, "care-setting-virtual"),
 )
@@ -200,6 +218,11 @@ class Facts:
     respiratory_symptoms: bool | None = None
     aerosol_procedure_ordered: bool | None = None
     aerosol_procedure_evidence: tuple[str, ...] = ()
+    # An aerosol-generating Procedure in progress or performed recently (None: not asked).
+    aerosol_procedure_performed: bool | None = None
+    aerosol_procedure_performed_evidence: tuple[str, ...] = ()
+    # The EHR's record already holds the notification to kommunelegen (None: not asked).
+    notification_recorded: bool | None = None
     mkopper_test_ordered: bool | None = None
     mkopper_test_evidence: tuple[str, ...] = ()
     laboratory_negative_after_positive: bool = False
@@ -227,6 +250,11 @@ class Sources:
     encounters: Sequence[dict[str, Any]] | None = None
     encounter_id: str | None = None
     orders: Sequence[dict[str, Any]] | None = None
+    # order-select: references ("ServiceRequest/123") of the draft orders just selected. The
+    # aerosol procedure and the test are read from these only; the status from every order.
+    selected: frozenset[str] | None = None
+    procedures: Sequence[dict[str, Any]] | None = None
+    notifications: Sequence[dict[str, Any]] | None = None
     # The call's clock: the lookback window of laboratory results is counted back from it.
     # None: no window is applied (the caller did not say what time it is).
     now: dt.datetime | None = None
@@ -485,6 +513,82 @@ def _is_aerosol_generating(knowledge: Knowledge, order: dict[str, Any]) -> bool:
     return False
 
 
+def _is_aerosol_procedure(knowledge: Knowledge, procedure: dict[str, Any]) -> bool:
+    code = procedure.get("code")
+    if any(_concept_in(code, valueset) for valueset in _aerosol_valuesets(knowledge)):
+        return True
+    if _concept_in(code, knowledge.valueset("nasal-oxygen")):
+        device = knowledge.valueset("high-flow-oxygen-device")
+        return any(_concept_in(used, device) for used in _list(procedure.get("usedCode")))
+    return False
+
+
+def _procedure_end(procedure: dict[str, Any]) -> dt.datetime | None:
+    period = procedure.get("performedPeriod")
+    period = period if isinstance(period, dict) else {}
+    for candidate in (period.get("end"), procedure.get("performedDateTime"), period.get("start")):
+        instant = _instant(candidate)
+        if instant is not None:
+            return instant
+    return None
+
+
+def _read_procedures(
+    knowledge: Knowledge,
+    procedures: Sequence[Any] | None,
+    reading: _Reading,
+    now: dt.datetime | None,
+) -> tuple[bool | None, tuple[str, ...]]:
+    """Step 4: an aerosol-generating Procedure under way, or ended within the window."""
+    if procedures is None:
+        return None, ()
+    hours = knowledge.content.matching.aerosol_procedure_recent_hours
+    since = now - dt.timedelta(hours=hours) if now is not None and hours is not None else None
+    evidence: list[str] = []
+    for procedure in _of_type(procedures, "Procedure"):
+        if not _is_aerosol_procedure(knowledge, procedure):
+            continue
+        if not _validates(procedure, "Procedure"):
+            reading.lenient += 1
+        status = procedure.get("status")
+        if status in _PROCEDURE_UNDER_WAY:
+            evidence.append(_reference(procedure))
+        elif status in _PROCEDURE_ENDED and since is not None:
+            ended = _procedure_end(procedure)
+            if ended is not None and ended >= since:
+                evidence.append(_reference(procedure))
+    return bool(evidence), tuple(evidence)
+
+
+def _read_notifications(
+    knowledge: Knowledge, communications: Sequence[Any] | None, now: dt.datetime | None
+) -> bool | None:
+    """Step 5: the notification to kommunelegen is already in the record: a completed
+    Communication with the notification card's category, sent within the window (an undated
+    one counts only when no window applies)."""
+    if communications is None:
+        return None
+    days = knowledge.content.matching.notification_lookback_days
+    since = now - dt.timedelta(days=days) if now is not None and days is not None else None
+    system = knowledge.codesystem_url("card-topic")
+    for communication in _of_type(communications, "Communication"):
+        if communication.get("status") != "completed":
+            continue
+        marked = any(
+            (coding_system, code) == (system, NOTIFICATION_CATEGORY)
+            for concept in _list(communication.get("category"))
+            for coding_system, code, _ in _codings(concept)
+        )
+        if not marked:
+            continue
+        if since is None:
+            return True
+        sent = _instant(communication.get("sent"))
+        if sent is not None and sent >= since:
+            return True
+    return False
+
+
 # --- Putting it together -------------------------------------------------------------------------
 
 
@@ -641,15 +745,22 @@ class _Orders:
     test_evidence: tuple[str, ...] = ()
 
 
-def _read_orders(knowledge: Knowledge, orders: Sequence[Any] | None, reading: _Reading) -> _Orders:
+def _read_orders(
+    knowledge: Knowledge,
+    orders: Sequence[Any] | None,
+    reading: _Reading,
+    selected: frozenset[str] | None = None,
+) -> _Orders:
     """Step 3: aerosol-generating procedures and m-kopper tests among the orders; an ordered
-    test means the clinician suspects m-kopper."""
+    test means the clinician suspects m-kopper. With ``selected``, the procedure and the test
+    are read from the selected orders only (what was just chosen), the suspicion from all."""
     if orders is None:
         return _Orders()
     lab_tests = knowledge.valueset("mkopper-laboratory-tests")
     aerosol_evidence: list[str] = []
     test_evidence: list[str] = []
     test_dates: list[dt.date] = []
+    suspicion: list[str] = []
     for order in _of_type(orders, "ServiceRequest"):
         is_test = _concept_in(order.get("code"), lab_tests)
         is_aerosol = _is_aerosol_generating(knowledge, order)
@@ -660,16 +771,21 @@ def _read_orders(knowledge: Knowledge, orders: Sequence[Any] | None, reading: _R
         status = order.get("status")
         if not isinstance(status, str) or status not in _ORDER_COUNTS:
             continue
-        if is_aerosol:
-            aerosol_evidence.append(_reference(order))
+        reference = _reference(order)
         if is_test:
-            test_evidence.append(_reference(order))
+            suspicion.append(reference)
             authored = _instant(order.get("authoredOn"))
             if authored is not None:
                 test_dates.append(authored.date())
-    if test_evidence and reading.status is Status.NONE:
+        if selected is not None and reference not in selected:
+            continue
+        if is_aerosol:
+            aerosol_evidence.append(reference)
+        if is_test:
+            test_evidence.append(reference)
+    if suspicion and reading.status is Status.NONE:
         reading.status = Status.SUSPECTED
-        reading.evidence.extend(test_evidence)
+        reading.evidence.extend(suspicion)
         date = max(test_dates) if test_dates else None
         reading.bases.append(Basis("order", date, Status.SUSPECTED))
     return _Orders(
@@ -681,13 +797,17 @@ def _read_orders(knowledge: Knowledge, orders: Sequence[Any] | None, reading: _R
 
 
 def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
-    """The facts of one call, in named steps: conditions, laboratory, orders, care setting."""
+    """The facts of one call, in named steps: conditions, laboratory, orders, procedures,
+    notifications, care setting."""
     reading = _Reading()
     _read_conditions(knowledge, sources.conditions or [], reading)
     negative_after_positive = _read_laboratory(
         knowledge, sources.observations or [], reading, sources.now
     )
-    orders = _read_orders(knowledge, sources.orders, reading)
+    orders = _read_orders(knowledge, sources.orders, reading, sources.selected)
+    performed, performed_evidence = _read_procedures(
+        knowledge, sources.procedures, reading, sources.now
+    )
     setting: CareSetting = CareSetting.UNKNOWN
     setting_evidence: tuple[str, ...] = ()
     bad_encounters = 0
@@ -703,6 +823,9 @@ def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
         respiratory_symptoms=None,
         aerosol_procedure_ordered=orders.aerosol,
         aerosol_procedure_evidence=orders.aerosol_evidence,
+        aerosol_procedure_performed=performed,
+        aerosol_procedure_performed_evidence=performed_evidence,
+        notification_recorded=_read_notifications(knowledge, sources.notifications, sources.now),
         mkopper_test_ordered=orders.test,
         mkopper_test_evidence=orders.test_evidence,
         laboratory_negative_after_positive=negative_after_positive,

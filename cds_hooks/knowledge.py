@@ -60,6 +60,7 @@ REQUIRED_VALUESETS: tuple[str, ...] = (
     "care-setting-emergency",
     "care-setting-inpatient",
     "care-setting-field",
+    "care-setting-home",
     "care-setting-virtual",
 )
 
@@ -142,6 +143,12 @@ class Matching(_Strict):
     # Tests ("system|code", from the mkopper-laboratory-tests ValueSet) whose positive result
     # makes a case probable, not confirmed: it counts as suspected.
     laboratory_suspected_only: tuple[str, ...] = ()
+    # An aerosol-generating Procedure that ended (completed or stopped) at most this many hours
+    # before the call's clock still calls for the respirator card. None: only one in progress.
+    aerosol_procedure_recent_hours: int | None = Field(default=None, ge=1, le=24 * 30)
+    # A recorded notification (the Communication the notification card suggests) sent at most
+    # this many days before the call's clock keeps the notification card away. None: no window.
+    notification_lookback_days: int | None = Field(default=None, ge=1, le=3650)
 
     @field_validator("negation_before", "negation_after", "exposure_before")
     @classmethod
@@ -168,6 +175,13 @@ class OverrideReasonContent(_Strict):
     suppress_hours: int = Field(ge=0, le=24 * 365)
 
 
+class VariantContent(_Strict):
+    """The same advice in words that fit one setting (an ambulance, a home visit)."""
+
+    summary: SummaryText
+    detail: Text
+
+
 class FindingContent(_Strict):
     indicator: Literal["info", "warning", "critical"]
     priority: int = Field(ge=0)
@@ -178,6 +192,11 @@ class FindingContent(_Strict):
     summary: SummaryText
     detail: Text
     merge_into: Key | None = None
+    # When the card cap would cut this card, it is folded into the first of these cards shown
+    # instead (related advice merged, never silently lost).
+    merge_when_cut: list[Key] = Field(default_factory=list)
+    # Setting-specific words (keys given by the rules, e.g. ``field``, ``home``).
+    variants: dict[Key, VariantContent] = Field(default_factory=dict)
     # Feedback suppression (plugin): an override holds for this encounter only, not the patient.
     suppress_per_encounter: bool = False
     # Feedback suppression: the card comes back when the m-kopper status changes (None: default).
@@ -245,6 +264,11 @@ class Content(_Strict):
                     problems.append(f"findings.{key}.merge_into: no other finding named {host!r}")
                 elif self.findings[host].merge_into is not None:
                     problems.append(f"findings.{key}.merge_into: {host!r} is merged itself")
+            for target in finding.merge_when_cut:
+                if target not in self.findings or target == key:
+                    problems.append(
+                        f"findings.{key}.merge_when_cut: no other finding named {target!r}"
+                    )
             accepted = finding.accept_suppresses_as
             if accepted is not None and accepted not in self.override_reasons:
                 problems.append(

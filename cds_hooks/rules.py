@@ -32,6 +32,8 @@ class Finding:
     key: str
     evidence: tuple[str, ...] = ()
     basis: Basis | None = None  # what the status rests on, by kind and date (for the card)
+    # The content's words for one setting (``findings.<key>.variants.<variant>``), if any.
+    variant: str | None = None
 
 
 Rule = Callable[[Facts], Finding | None]
@@ -72,29 +74,48 @@ def isolation_inpatient(facts: Facts) -> Finding | None:
     return None
 
 
+# Settings whose words differ from the card's own: an ambulance (prolonged close contact, so a
+# respirator instead of a surgical mask) and a home visit (no examination or waiting room).
+_SETTING_VARIANTS = {CareSetting.FIELD: "field", CareSetting.HOME: "home"}
+# The variants each finding's content must have (checked when the services are built).
+VARIANTS: dict[str, frozenset[str]] = {DROPLET_PRECAUTIONS: frozenset(_SETTING_VARIANTS.values())}
+
+
 def droplet_precautions_any_setting(facts: Facts) -> Finding | None:
-    """5.1 and 5.2 agree on the PPE: used when the setting is unknown, or in the field."""
-    if facts.active and facts.care_setting in (CareSetting.UNKNOWN, CareSetting.FIELD):
-        return Finding(DROPLET_PRECAUTIONS, facts.status_evidence + facts.care_setting_evidence)
+    """5.1 and 5.2 agree on the PPE: used when the setting is unknown, in the field (with a
+    respirator, 5.2) and on a home visit (without the clinic's rooms)."""
+    settings = (CareSetting.UNKNOWN, CareSetting.FIELD, CareSetting.HOME)
+    if facts.active and facts.care_setting in settings:
+        return Finding(
+            DROPLET_PRECAUTIONS,
+            facts.status_evidence + facts.care_setting_evidence,
+            variant=_SETTING_VARIANTS.get(facts.care_setting),
+        )
     return None
 
 
 def respirator_when_aerosol_or_respiratory(facts: Facts) -> Finding | None:
-    """5.2: respirator for aerosol-generating procedures, marked respiratory symptoms, and
-    prolonged or close contact (an ambulance: the ``field`` encounter class)."""
+    """5.2: respirator for aerosol-generating procedures (ordered, in progress or recently
+    performed) and marked respiratory symptoms. Prolonged or close contact in an ambulance
+    is advised on the setting card itself, so the ambulance alone gives no second card."""
     if not facts.active:
         return None
-    if facts.aerosol_procedure_ordered:
-        return Finding(RESPIRATOR, facts.status_evidence + facts.aerosol_procedure_evidence)
-    if facts.respiratory_symptoms or facts.care_setting is CareSetting.FIELD:
+    if facts.aerosol_procedure_ordered or facts.aerosol_procedure_performed:
+        evidence = facts.aerosol_procedure_evidence + facts.aerosol_procedure_performed_evidence
+        return Finding(RESPIRATOR, facts.status_evidence + evidence)
+    if facts.respiratory_symptoms:
         return Finding(RESPIRATOR, facts.status_evidence + facts.care_setting_evidence)
     return None
 
 
 def sampling_by_agreement(facts: Facts) -> Finding | None:
-    """6: diagnostics by agreement with the Department of Microbiology."""
+    """6: diagnostics by agreement with the Department of Microbiology: when an m-kopper test
+    is ordered, and when a suspected case is recorded (the sample is still to be taken).
+    Which moments show it is the service's choice."""
     if facts.mkopper_test_ordered:
         return Finding(SAMPLING_BY_AGREEMENT, facts.mkopper_test_evidence)
+    if facts.status is Status.SUSPECTED:
+        return Finding(SAMPLING_BY_AGREEMENT, facts.status_evidence)
     return None
 
 
@@ -107,8 +128,11 @@ def staff_in_vulnerable_groups(facts: Facts) -> Finding | None:
 
 
 def notify_municipal_doctor(facts: Facts) -> Finding | None:
-    """8: suspected and confirmed cases are notified at once by telephone to kommunelegen."""
-    return Finding(NOTIFY_MUNICIPAL_DOCTOR, facts.status_evidence) if facts.active else None
+    """8: suspected and confirmed cases are notified at once by telephone to kommunelegen;
+    not again when the record already holds the notification."""
+    if facts.active and not facts.notification_recorded:
+        return Finding(NOTIFY_MUNICIPAL_DOCTOR, facts.status_evidence)
+    return None
 
 
 def contact_tracing(facts: Facts) -> Finding | None:

@@ -611,38 +611,31 @@ PATIENTS = {
 # (staff in vulnerable groups) whenever m-kopper is suspected or confirmed.
 EXPECTED_CARDS: dict[str, list[str]] = {
     # At most three cards, the most urgent first: the duty to notify, the regime for the
-    # setting, then staff in vulnerable groups (cut where the respirator card outranks it).
+    # setting (staff in vulnerable groups folded into it under the cap), then contact tracing
+    # for a confirmed case (with the infectious period folded in) or the infectious period.
     "mk-suspected-outpatient": [
         "notify-municipal-doctor",
         "droplet-precautions-outpatient",
-        "staff-in-vulnerable-groups",
+        "infectious-period",
     ],
     "mk-suspected-emergency-respiratory": [
         "notify-municipal-doctor",
         "droplet-precautions-outpatient",
-        "staff-in-vulnerable-groups",
+        "infectious-period",
     ],
-    "mk-confirmed-inpatient": [
-        "notify-municipal-doctor",
-        "isolation-inpatient",
-        "staff-in-vulnerable-groups",
-    ],
+    "mk-confirmed-inpatient": ["notify-municipal-doctor", "isolation-inpatient", "contact-tracing"],
     "mk-confirmed-lab-only": [
         "notify-municipal-doctor",
         "droplet-precautions-outpatient",
-        "staff-in-vulnerable-groups",
+        "contact-tracing",
     ],
     "mk-text-only": [
         "notify-municipal-doctor",
         "droplet-precautions-outpatient",
-        "staff-in-vulnerable-groups",
+        "infectious-period",
     ],
     "mk-inpatient-aerosol": ["notify-municipal-doctor", "isolation-inpatient", "respirator"],
-    "mk-large-record": [
-        "notify-municipal-doctor",
-        "isolation-inpatient",
-        "staff-in-vulnerable-groups",
-    ],
+    "mk-large-record": ["notify-municipal-doctor", "isolation-inpatient", "infectious-period"],
 }
 
 

@@ -278,6 +278,48 @@ def render_patients(package: Package) -> list[str]:
     return [*lines, ""]
 
 
+def render_hook_data() -> list[str]:
+    """What each service asks for in prefetch, and what the hook context must carry."""
+    from cds_hooks.catalog import build_registry
+    from cds_hooks.knowledge import load_knowledge
+
+    knowledge = load_knowledge()
+    matching = knowledge.content.matching
+    category = f"{knowledge.codesystem_url('card-topic')}|notify-municipal-doctor"
+    lines = [
+        "## Prefetch and hook context",
+        "",
+        "Each service's prefetch templates (discovery lists the same). A key the EHR does not "
+        "send is fetched from `fhirServer`; `conditions` and `observations` are required where "
+        "the answer depends on the m-kopper status (412 without them), the others are optional.",
+        "",
+        "- `aerosolOrders`, `testOrders`: active ServiceRequests for an aerosol-generating "
+        "procedure, and for an m-kopper test (the chart view shows sampling while it is ordered).",
+        "- `aerosolProcedures`: Procedures with the aerosol-generating codes. One in preparation "
+        "or in progress calls for the respirator card; one completed or stopped does when it "
+        "ended (`performedPeriod.end`, else `performedDateTime`) at most "
+        f"{matching.aerosol_procedure_recent_hours} hours before the call "
+        "(`matching.aerosol_procedure_recent_hours` in the content file).",
+        "- `notifications`: completed Communications with the category "
+        f"`{category}`, the marker the notification card's suggestion writes. One sent at most "
+        f"{matching.notification_lookback_days} days before the call "
+        "(`matching.notification_lookback_days`) means kommunelegen was notified: no "
+        "notification card.",
+        "- order-select: `context.selections` (required) lists references such as "
+        "`ServiceRequest/123` to resources in `context.draftOrders`. The respirator, sampling "
+        "and notification cards follow the selected orders only, so selecting another order "
+        "beside a drafted bronchoscopy shows no respirator card again; the m-kopper status "
+        "reads every draft order. order-sign reads every draft order.",
+        "",
+        "| Service | Hook | Prefetch key | Template |",
+        "|---|---|---|---|",
+    ]
+    for service in build_registry(knowledge):
+        for key, template in service.prefetch.items():
+            lines.append(f"| `{service.id}` | `{service.hook}` | `{key}` | `{_cell(template)}` |")
+    return [*lines, ""]
+
+
 def render(package: Package | None = None) -> str:
     """The whole contract page as Markdown."""
     package = package or load_package()
@@ -305,6 +347,7 @@ def render(package: Package | None = None) -> str:
     ]
     for profile in package.profiles:
         lines += render_profile(profile, package)
+    lines += render_hook_data()
     lines += ["## ValueSets", ""]
     for url in sorted(package.valuesets):
         lines += render_valueset(package.valuesets[url])

@@ -276,7 +276,7 @@ def encounter(klass: Any, eid: str = "e1", status: str = "in-progress") -> dict[
     ("klass", "expected"),
     [
         ({"system": ACT, "code": "AMB"}, CareSetting.OUTPATIENT),
-        ({"system": ACT, "code": "HH"}, CareSetting.OUTPATIENT),
+        ({"system": ACT, "code": "HH"}, CareSetting.HOME),
         ({"system": ACT, "code": "EMER"}, CareSetting.EMERGENCY),
         ({"system": ACT, "code": "IMP"}, CareSetting.INPATIENT),
         ({"system": ACT, "code": "OBSENC"}, CareSetting.INPATIENT),
@@ -698,3 +698,159 @@ def test_card_carries_the_evidence_line_without_ids(knowledge: Any) -> None:
     undated = Finding("infectious-period", (), Basis("diagnosis", None, Status.SUSPECTED))
     [issued] = render_cards(knowledge, [undated], RenderContext(patient_id="p"), language="en")
     assert "Based on: diagnosis recorded undated (suspected)" in (issued.card.detail or "")
+
+
+# --- Aerosol-generating Procedures (5.2): in progress, or ended within the window -------------
+
+NOW = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
+TOPIC = "https://mkopper-cds.example/fhir/CodeSystem/card-topic"
+
+
+def procedure(status: str, *, code: str = "112798008", **when: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Procedure",
+        "id": "proc-1",
+        "status": status,
+        "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": SCT, "code": code}]},
+        **when,
+    }
+
+
+@pytest.mark.parametrize(
+    ("resource", "now", "performed"),
+    [
+        (procedure("in-progress", performedDateTime="2026-11-01T08:00:00Z"), NOW, True),
+        (procedure("preparation"), None, True),
+        # The window is 24 hours (content): 23 hours ago counts, 25 hours ago does not.
+        (procedure("completed", performedDateTime="2026-11-24T11:00:00Z"), NOW, True),
+        (procedure("completed", performedDateTime="2026-11-24T09:00:00Z"), NOW, False),
+        # A period counts from its end: started two days ago, ended an hour ago.
+        (
+            procedure(
+                "stopped",
+                performedPeriod={"start": "2026-11-23T09:00:00Z", "end": "2026-11-25T09:00:00Z"},
+            ),
+            NOW,
+            True,
+        ),
+        # Without the call's clock nothing ended can be called recent.
+        (procedure("completed", performedDateTime="2026-11-25T09:00:00Z"), None, False),
+        (procedure("completed"), NOW, False),  # undated
+        (procedure("not-done", performedDateTime="2026-11-25T09:00:00Z"), NOW, False),
+        (procedure("entered-in-error"), NOW, False),
+        # Tracheostomy is aerosol-generating in secondary sources only: off in the shipped content.
+        (procedure("in-progress", code="48387007"), NOW, False),
+        # Nasal oxygen counts as high flow only (device in usedCode).
+        (procedure("in-progress", code="371907003"), NOW, False),
+        (
+            procedure(
+                "in-progress",
+                code="371907003",
+                usedCode=[{"coding": [{"system": SCT, "code": "426854004"}]}],
+            ),
+            NOW,
+            True,
+        ),
+    ],
+)
+def test_aerosol_generating_procedures(
+    knowledge: Any, resource: dict[str, Any], now: dt.datetime | None, performed: bool
+) -> None:
+    facts = derive_facts(knowledge, Sources(procedures=[resource], now=now))
+    assert facts.aerosol_procedure_performed is performed
+    assert facts.aerosol_procedure_performed_evidence == (
+        ("Procedure/proc-1",) if performed else ()
+    )
+
+
+def test_procedures_not_asked_are_unknown(knowledge: Any) -> None:
+    assert derive_facts(knowledge, Sources()).aerosol_procedure_performed is None
+
+
+# --- A recorded notification (8) ----------------------------------------------------------------
+
+
+def communication(
+    sent: str | None = "2026-11-24T09:30:00Z",
+    *,
+    status: str = "completed",
+    code: str = "notify-municipal-doctor",
+    system: str = TOPIC,
+) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "Communication",
+        "id": "comm-1",
+        "status": status,
+        "subject": {"reference": "Patient/p"},
+        "category": [{"coding": [{"system": system, "code": code}]}],
+    }
+    if sent:
+        resource["sent"] = sent
+    return resource
+
+
+@pytest.mark.parametrize(
+    ("resource", "now", "recorded"),
+    [
+        (communication(), NOW, True),
+        # The window is 42 days (content): 41 days ago counts, 43 days ago does not.
+        (communication("2026-10-15T10:00:00Z"), NOW, True),
+        (communication("2026-10-13T10:00:00Z"), NOW, False),
+        (communication(None), NOW, False),  # undated: it cannot be placed in this episode
+        (communication(None), None, True),  # no clock, no window
+        (communication(status="in-progress"), NOW, False),
+        (communication(code="isolation-inpatient"), NOW, False),
+        (communication(system="http://example.org/local"), NOW, False),
+    ],
+)
+def test_notification_recorded(
+    knowledge: Any, resource: dict[str, Any], now: dt.datetime | None, recorded: bool
+) -> None:
+    facts = derive_facts(knowledge, Sources(notifications=[resource], now=now))
+    assert facts.notification_recorded is recorded
+
+
+def test_the_suggested_record_is_recognised_when_read_back(knowledge: Any) -> None:
+    from cds_hooks.cards import notification_record
+
+    context = RenderContext("p", "e1", user_id="Practitioner/123", now=NOW)
+    record = notification_record(knowledge, context, ["Condition/c1"], "nb")
+    assert record["sent"] == "2026-11-25T10:00:00Z"
+    assert record["sender"] == {"reference": "Practitioner/123"}
+    facts = derive_facts(knowledge, Sources(notifications=[record], now=NOW))
+    assert facts.notification_recorded is True
+
+
+@pytest.mark.parametrize(
+    "user_id", [None, "123", "Practitioner/", "Device/1", "Practitioner/a/b", "Practitioner/ x"]
+)
+def test_sender_only_from_a_valid_user_reference(knowledge: Any, user_id: str | None) -> None:
+    from cds_hooks.cards import notification_record
+
+    context = RenderContext("p", user_id=user_id)
+    record = notification_record(knowledge, context, [], "nb")
+    assert "sender" not in record
+    assert "sent" not in record  # no clock given
+
+
+# --- order-select: what was just selected ---------------------------------------------------------
+
+
+def test_selected_orders_decide_the_procedure_and_the_test(knowledge: Any) -> None:
+    drafts = [order("10847001"), order("100383-9", LOINC)]
+    bronchoscopy, test = "ServiceRequest/sr-10847001", "ServiceRequest/sr-100383-9"
+    only_test = derive_facts(knowledge, Sources(orders=drafts, selected=frozenset({test})))
+    assert only_test.aerosol_procedure_ordered is False
+    assert only_test.mkopper_test_ordered is True
+    only_bronchoscopy = derive_facts(
+        knowledge, Sources(orders=drafts, selected=frozenset({bronchoscopy}))
+    )
+    assert only_bronchoscopy.aerosol_procedure_ordered is True
+    assert only_bronchoscopy.mkopper_test_ordered is False
+    # The test in the draft still means the clinician suspects m-kopper.
+    assert only_bronchoscopy.status is Status.SUSPECTED
+    nothing = derive_facts(knowledge, Sources(orders=drafts, selected=frozenset()))
+    assert (nothing.aerosol_procedure_ordered, nothing.mkopper_test_ordered) == (False, False)
+    everything = derive_facts(knowledge, Sources(orders=drafts))
+    assert (everything.aerosol_procedure_ordered, everything.mkopper_test_ordered) == (True, True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
+from functools import cache
 from typing import Any
 
 import pytest
@@ -56,6 +58,29 @@ def test_enough_cases_for_every_hook() -> None:
     for hook in HOOKS:
         outcomes = {bool(c.expected["cards"]) for c in CASES if c.request["hook"] == hook}
         assert outcomes == {True, False}, hook
+
+
+def test_case_descriptions_name_a_guideline_section() -> None:
+    described = [case for case in CASES if case.description is not None]
+    assert len(described) >= 20
+    for case in described:
+        assert re.match(r"Punkt \d", case.description or ""), case.id
+
+
+DESCRIBED = [case for case in CASES if case.description is not None]
+
+
+@pytest.mark.parametrize("case", DESCRIBED, ids=[case.id for case in DESCRIBED])
+def test_described_cases_hold_at_a_fixed_clock(case: Case) -> None:
+    # Their dates lie in the weeks before 2026-11-25: the lookback and recency windows, counted
+    # from the call's clock, give the same answer as no window.
+    now = dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
+    assert normalise(_respond(clocked(now), case)) == case.expected
+
+
+@cache
+def clocked(now: dt.datetime) -> Any:
+    return build_registry(load_knowledge(), clock=lambda: now)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])

@@ -10,7 +10,7 @@ import pytest
 from cds_hooks import rules
 from cds_hooks.cards import RenderContext, render_cards
 from cds_hooks.catalog import SERVICE_IDS, build_registry
-from cds_hooks.errors import DataUnavailable, InvalidRequest
+from cds_hooks.errors import ContentError, DataUnavailable, InvalidRequest
 from cds_hooks.facts import CareSetting, Facts, Status
 from cds_hooks.fhir import parse_resource
 from cds_hooks.knowledge import load_knowledge
@@ -50,13 +50,20 @@ def test_no_mkopper_no_findings() -> None:
         (CareSetting.EMERGENCY, {"droplet-precautions-outpatient", "cleaning-after-consultation"}),
         (CareSetting.INPATIENT, {"isolation-inpatient"}),
         (CareSetting.UNKNOWN, {"droplet-precautions"}),
-        (CareSetting.FIELD, {"droplet-precautions", "respirator"}),
+        # The ambulance card itself advises the respirator (5.2): no second card for it.
+        (CareSetting.FIELD, {"droplet-precautions"}),
+        (CareSetting.HOME, {"droplet-precautions"}),
         (CareSetting.VIRTUAL, set()),
     ],
 )
 def test_regime_follows_the_care_setting(setting: CareSetting, regime: set[str]) -> None:
     facts = Facts(status=Status.SUSPECTED, care_setting=setting)
-    always = {"infectious-period", "plan-outpatient-consultation", "notify-municipal-doctor"}
+    always = {
+        "infectious-period",
+        "plan-outpatient-consultation",
+        "notify-municipal-doctor",
+        "sampling-by-agreement",  # a suspected case: the moment decides whether it shows
+    }
     staff = set() if setting is CareSetting.VIRTUAL else {"staff-in-vulnerable-groups"}
     assert keys(facts) == always | regime | staff
 
@@ -92,11 +99,12 @@ def test_contact_tracing_only_for_confirmed() -> None:
     assert "contact-tracing" in keys(Facts(status=Status.CONFIRMED))
 
 
-def test_sampling_when_a_test_is_ordered() -> None:
-    assert "sampling-by-agreement" not in keys(SUSPECTED)
-    assert "sampling-by-agreement" in keys(
-        Facts(Status.SUSPECTED, mkopper_test_ordered=True, mkopper_test_evidence=("SR/t",))
-    )
+def test_sampling_when_a_test_is_ordered_or_the_case_is_suspected() -> None:
+    confirmed = Facts(Status.CONFIRMED)
+    assert "sampling-by-agreement" not in keys(confirmed)
+    assert "sampling-by-agreement" in keys(SUSPECTED)
+    ordered = Facts(Status.CONFIRMED, mkopper_test_ordered=True, mkopper_test_evidence=("SR/t",))
+    assert rules.sampling_by_agreement(ordered) == Finding("sampling-by-agreement", ("SR/t",))
 
 
 def test_every_rule_gives_a_known_finding() -> None:
@@ -137,7 +145,7 @@ def test_related_advice_is_merged_not_repeated(knowledge: Any) -> None:
     assert [item.finding for item in issued] == ["droplet-precautions-outpatient"]
     card = issued[0].card
     assert "Rengjøring og desinfeksjon" in card.detail
-    assert "punkt 5.1." in card.detail
+    assert "punkt 5.1, 5.2." in card.detail
     assert {str(link.url) for link in card.links} == {
         "https://kvalitet.helse-bergen.no/docs/pub/dok00499.htm",
         "https://kvalitet.helse-bergen.no/docs/pub/dok00575.htm",
@@ -320,3 +328,152 @@ def test_max_cards_setting_reaches_the_services(knowledge: Any) -> None:
     )
     evaluation = service.evaluate(request, resolve(service, request))
     assert [item.finding for item in evaluation.issued] == ["contact-tracing"]
+
+
+# --- The moment and the setting's words -------------------------------------------------------
+
+RESPIRATOR_NB = "Åndedrettsvern anbefales ved aerosoldannende prosedyrer, når pasienten har uttalte"
+RESPIRATOR_EN = "A respirator is recommended for aerosol-generating procedures, when the patient"
+
+
+@pytest.mark.parametrize(
+    ("key", "variant"),
+    [
+        ("isolation-inpatient", None),
+        ("droplet-precautions-outpatient", None),
+        ("droplet-precautions", None),
+        ("droplet-precautions", "field"),
+        ("droplet-precautions", "home"),
+    ],
+)
+def test_every_regime_card_states_when_a_respirator_is_recommended(
+    knowledge: Any, key: str, variant: str | None
+) -> None:
+    for language, sentence in (("nb", RESPIRATOR_NB), ("en", RESPIRATOR_EN)):
+        (item,) = render_cards(
+            knowledge,
+            [Finding(key, ("Condition/c1",), variant=variant)],
+            RenderContext("p1"),
+            language=language,
+        )
+        assert sentence in " ".join(item.card.detail.split())
+        assert "5.2" in item.card.detail
+
+
+def test_ambulance_card_advises_a_respirator_not_a_surgical_mask(knowledge: Any) -> None:
+    facts = Facts(Status.SUSPECTED, care_setting=CareSetting.FIELD)
+    (finding,) = [f for f in rules.evaluate_rules(facts) if f.key == "droplet-precautions"]
+    assert finding.variant == "field"
+    (item,) = render_cards(knowledge, [finding], RenderContext("p1"))
+    assert item.card.summary.startswith("Ambulanse: åndedrettsvern")
+    assert "- Åndedrettsvern" in item.card.detail
+    assert "Kirurgisk munnbind" not in item.card.detail
+    assert "respirator" not in keys(facts)  # the setting card says it: no second card
+
+
+def test_home_visit_card_names_no_clinic_rooms(knowledge: Any) -> None:
+    facts = Facts(Status.SUSPECTED, care_setting=CareSetting.HOME)
+    assert "cleaning-after-consultation" not in keys(facts)
+    assert "droplet-precautions-outpatient" not in keys(facts)
+    (finding,) = [f for f in rules.evaluate_rules(facts) if f.key == "droplet-precautions"]
+    for language, rooms in (("nb", ("undersøkelsesrom", "venterom")), ("en", ("room",))):
+        (item,) = render_cards(knowledge, [finding], RenderContext("p1"), language=language)
+        text = f"{item.card.summary} {item.card.detail}".lower()
+        assert not any(room in text for room in rooms), language
+
+
+def test_content_must_give_every_variant_the_rules_use(knowledge: Any) -> None:
+    import dataclasses
+
+    content = knowledge.content
+    finding = content.findings["droplet-precautions"]
+    without = finding.model_copy(update={"variants": {"home": finding.variants["home"]}})
+    broken = dataclasses.replace(
+        knowledge,
+        content=content.model_copy(
+            update={"findings": {**content.findings, "droplet-precautions": without}}
+        ),
+    )
+    with pytest.raises(ContentError, match=r"findings\.droplet-precautions\.variants\.field"):
+        build_registry(broken)
+
+
+def test_respirator_for_a_procedure_in_progress_or_recent() -> None:
+    facts = Facts(
+        Status.SUSPECTED,
+        status_evidence=("Condition/c1",),
+        aerosol_procedure_performed=True,
+        aerosol_procedure_performed_evidence=("Procedure/p1",),
+    )
+    assert rules.respirator_when_aerosol_or_respiratory(facts) == Finding(
+        "respirator", ("Condition/c1", "Procedure/p1")
+    )
+    assert "respirator" not in keys(Facts(Status.SUSPECTED, aerosol_procedure_performed=False))
+
+
+def test_no_notification_card_when_the_record_holds_the_notification() -> None:
+    assert "notify-municipal-doctor" in keys(Facts(Status.SUSPECTED, notification_recorded=False))
+    assert "notify-municipal-doctor" in keys(Facts(Status.SUSPECTED, notification_recorded=None))
+    assert "notify-municipal-doctor" not in keys(
+        Facts(Status.SUSPECTED, notification_recorded=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("selections", "problem"),
+    [
+        (None, "required"),
+        ("ServiceRequest/sr-1", "must be a list"),
+        ([1], "must be a list"),
+        (["sr-1"], "must be a list"),
+    ],
+)
+def test_order_select_needs_selections_as_references(
+    knowledge: Any, selections: Any, problem: str
+) -> None:
+    service = build_registry(knowledge).get("mkopper-order-select")
+    context: dict[str, Any] = {
+        "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": []}
+    }
+    if selections is not None:
+        context["selections"] = selections
+    request = _request("order-select", context, {"conditions": None, "observations": None})
+    with pytest.raises(InvalidRequest) as caught:
+        service.evaluate(request, resolve(service, request))
+    (detail,) = caught.value.details
+    assert detail["path"] == "context.selections"
+    assert detail["problem"].startswith(problem)
+
+
+def test_order_sign_reads_every_draft_order(knowledge: Any) -> None:
+    service = build_registry(knowledge).get("mkopper-order-sign")
+    drafts = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "ServiceRequest",
+                    "id": "sr-1",
+                    "status": "draft",
+                    "intent": "order",
+                    "subject": {"reference": "Patient/p1"},
+                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "10847001"}]},
+                }
+            }
+        ],
+    }
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"text": "mpox"},
+    }
+    bundle = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": condition}]}
+    request = _request(
+        "order-sign",
+        {"draftOrders": drafts, "selections": []},
+        {"conditions": bundle, "observations": None},
+    )
+    evaluation = service.evaluate(request, resolve(service, request))
+    assert [item.finding for item in evaluation.issued] == ["respirator"]

@@ -77,6 +77,8 @@ def stack(fhir_server: FhirTestServer, tmp_path_factory: pytest.TempPathFactory)
             "CDS_ALLOWED_FHIR_SERVERS": ehr.fhir_base,
             "CDS_ALLOW_UNSIGNED": "1",
             "CDS_LANGUAGE": "nb",
+            # The page shows every card (nothing folded under a cap): compare it with uncut answers.
+            "CDS_MAX_CARDS": "20",
         }
     )
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)

@@ -37,6 +37,8 @@ class Case:
     request: dict[str, Any]
     expected: dict[str, Any]
     path: Path
+    # The guideline section the case is about (expected.json's "description"; not compared).
+    description: str | None = None
 
     @property
     def id(self) -> str:
@@ -47,12 +49,15 @@ def iter_cases(root: Path = CASES_DIR) -> Iterator[Case]:
     """Every golden case, sorted by service and name."""
     for request_path in sorted(root.glob("*/*/request.json")):
         case_dir = request_path.parent
+        expected = json.loads((case_dir / "expected.json").read_text(encoding="utf-8"))
+        description = expected.pop("description", None)
         yield Case(
             service_id=case_dir.parent.name,
             name=case_dir.name,
             request=json.loads(request_path.read_text(encoding="utf-8")),
-            expected=json.loads((case_dir / "expected.json").read_text(encoding="utf-8")),
+            expected=expected,
             path=case_dir,
+            description=description,
         )
 
 
