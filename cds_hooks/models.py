@@ -228,7 +228,9 @@ class AcceptedSuggestion(WireModel):
 # is a short free text and may hold patient data: it is kept short and deleted with its row.
 MAX_FEEDBACK_ITEMS = 100
 MAX_COMMENT_CHARS = 400
-MAX_CARD_UUID_CHARS = 64
+# A card uuid the service issues is a sealed token (plugin/storage/token.py): about 190
+# characters for the cards of the shipped content, 770 at most.
+MAX_CARD_UUID_CHARS = 1024
 MAX_ACCEPTED_SUGGESTIONS = 20
 
 

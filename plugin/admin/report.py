@@ -1,8 +1,10 @@
 """What the infection-control dashboard shows: cards shown, accepted, overridden, per kind and day.
 
-Counts only. The report reads card kinds (source.topic codes) and outcomes,
-and override reason codes known to the content file; it never reads a user
-comment, a card uuid's patient or anything else that could name a patient.
+Counts only. Cards shown come from the daily counts (``issued_counts``, written
+behind by each worker within seconds: ``plugin.storage.issued``); outcomes from the
+feedback rows, by the card kind each carries (source.topic code). The report reads
+override reason codes known to the content file; it never reads a user comment, a
+card's patient or anything else that could name a patient.
 A reason code the content does not know is counted as ``other``: the EHR sends
 it, so it could carry anything.
 """
@@ -18,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from plugin.storage.schema import feedback, issued_cards, suppressions
+from plugin.storage.schema import feedback, issued_counts, suppressions
 
 EVENTS: tuple[str, ...] = ("shown", "accepted", "overridden")
 UNKNOWN_KIND = "(unknown card)"
@@ -100,6 +102,14 @@ def _as_date(value: Any) -> date:
     return date.fromisoformat(str(value)[:10])
 
 
+def _utc_date(engine: Engine, column: Any) -> Any:
+    # Days are UTC, as the issued-card counts are; PostgreSQL's date() would use the session's
+    # time zone. SQLite keeps the UTC time as written.
+    if engine.dialect.name == "postgresql":
+        return sa.func.date(sa.func.timezone("UTC", column))
+    return sa.func.date(column)
+
+
 def build_report(
     engine: Engine,
     *,
@@ -120,28 +130,17 @@ def build_report(
             kinds[key] = KindReport(kind=key, label=kind_labels.get(key, key))
         return kinds[key]
 
-    shown_day = sa.func.date(issued_cards.c.issued_at)
-    shown_kind = sa.func.coalesce(issued_cards.c.topic, issued_cards.c.finding)
-    feedback_day = sa.func.date(feedback.c.received_at)
-    feedback_kind = sa.func.coalesce(issued_cards.c.topic, issued_cards.c.finding)
+    feedback_day = _utc_date(engine, feedback.c.received_at)
+    feedback_kind = sa.func.coalesce(feedback.c.kind, feedback.c.finding)
     with engine.connect() as conn:
         shown = conn.execute(
-            sa.select(shown_day, shown_kind, sa.func.count())
-            .where(issued_cards.c.issued_at >= since)
-            .group_by(shown_day, shown_kind)
+            sa.select(issued_counts.c.day, issued_counts.c.kind, sa.func.sum(issued_counts.c.count))
+            .where(issued_counts.c.day >= first_day)
+            .group_by(issued_counts.c.day, issued_counts.c.kind)
         ).all()
         outcomes = conn.execute(
             sa.select(feedback_day, feedback_kind, feedback.c.outcome, feedback.c.override_code)
             .add_columns(sa.func.count())
-            .select_from(
-                feedback.outerjoin(
-                    issued_cards,
-                    sa.and_(
-                        issued_cards.c.card_uuid == feedback.c.card_uuid,
-                        issued_cards.c.service_id == feedback.c.service_id,
-                    ),
-                )
-            )
             .where(feedback.c.received_at >= since)
             .group_by(feedback_day, feedback_kind, feedback.c.outcome, feedback.c.override_code)
         ).all()

@@ -6,7 +6,7 @@ The first two steps belong to the caller, because they differ: a CDS Hooks call
 (``plugin.smart``) checks its session and builds the requests an EHR would send. From a
 ``HookRequest`` on, both use :class:`Pipeline`: the data is resolved through the app's one
 :class:`~cds_hooks.prefetch.FhirAccess`, the service evaluates it, and suppression drops the
-cards a clinician overrode and records the cards shown, in one transaction.
+cards a clinician overrode (one read) and seals each card's record into its uuid (no write).
 
 Each step is timed with :func:`phase`; the totals go into the call's one log line.
 """
@@ -71,8 +71,8 @@ class Pipeline:
     ) -> Fitted:
         """Drop suppressed cards, fit the rest under ``max_cards`` (a suppressed card makes
         room for the next most urgent one; the service merges related advice before it cuts)
-        and record the cards shown, scoped to the verified caller and the request's FHIR
-        server."""
+        and give each card shown a uuid that carries its record, scoped to the verified caller
+        and the request's FHIR server."""
         with phase("storage"):
             return self.suppressions.issue(
                 service.id,

@@ -118,11 +118,14 @@ def call_service(service_id: str) -> Response:
 
 @bp.post("/cds-services/<service_id>/feedback")
 def post_feedback(service_id: str) -> Response:
-    """Store the outcomes of cards issued to this caller, once each, then apply overrides.
+    """Store the outcomes of cards issued to this caller, once each, and the suppressions they
+    make, in one transaction committed before the answer.
 
-    The answer counts what happened: ``recorded`` outcomes stored now, ``duplicates`` (a
-    retry, or a card whose outcome is already stored: nothing changes) and ``unknown`` (a card
-    this service did not issue to this caller, or one past retention: not stored)."""
+    A card is joined by opening its uuid (a sealed token: ``plugin.storage.token``). The
+    answer counts what happened: ``recorded`` outcomes stored now, ``duplicates`` (a retry, or
+    a card whose outcome is already stored: nothing changes) and ``unknown`` (a card this
+    service did not issue to this caller, an altered uuid, or one past retention: not
+    stored)."""
     g.call_log = {"service": service_id, "hook": "feedback"}
     with phase("auth"):
         caller = auth.authenticate(request)
@@ -131,12 +134,9 @@ def post_feedback(service_id: str) -> Response:
         body = parse_body(Feedback)
     suppressions = suppression.get_suppressions()
     with phase("storage"):
-        result = get_store().record_feedback(
-            service.id, body.feedback, suppressions.caller_hashes(caller)
-        )
-        g.call_log["suppressions"] = suppressions.apply_feedback(
-            service.id, result.recorded, caller
-        )
+        joined = suppressions.join(service.id, body.feedback, caller)
+        result = get_store().record_feedback(service.id, joined, after=suppressions.suppress)
+    g.call_log["suppressions"] = result.suppressions
     counts = {
         "received": len(body.feedback),
         "recorded": len(result.recorded),

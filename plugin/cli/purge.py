@@ -1,9 +1,10 @@
 """`mkopper-cds purge-suppressions`: delete expired records (for a cron job).
 
-Expired suppressions, card subjects past retention, and feedback and issued-card records
-older than ``CDS_FEEDBACK_RETENTION_DAYS``. The service deletes them on its next write anyway;
-this is for a quiet service, so that hashed patient records and comments do not outlive their
-time by long.
+Expired suppressions, and feedback and the daily counts of cards shown older than
+``CDS_FEEDBACK_RETENTION_DAYS``. The service deletes them on its next write anyway; this is for
+a quiet service, so that hashed patient records and comments do not outlive their time by long.
+(Issued cards are not stored: a card's uuid carries its record and stops opening after
+seven days, whatever is purged.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from plugin.storage.suppression import Policy, Suppressions, hasher_from_setting
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "purge-suppressions",
-        help="delete expired suppressions, and feedback and card records past retention; exit",
+        help="delete expired suppressions, and feedback and card counts past retention; exit",
     )
     parser.set_defaults(func=run)
 

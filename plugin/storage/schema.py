@@ -4,6 +4,8 @@ The Alembic environment (``migrations/env.py``) targets this ``metadata``, and a
 it with what the migrations build, so a model and its migration cannot drift apart. No table
 holds patient data in the clear: patients and encounters appear only as keyed hashes
 (``suppression``), SMART sessions only encrypted under the browser's cookie (``plugin.smart``).
+Issued cards are not rows: a card's uuid carries its record (``token``), and only their counts
+per day are kept (``issued``).
 """
 
 from __future__ import annotations
@@ -12,25 +14,17 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-issued_cards = sa.Table(
-    "issued_cards",
-    metadata,
-    sa.Column("card_uuid", sa.String(64), primary_key=True),
-    sa.Column("service_id", sa.String(100), nullable=False),
-    sa.Column("finding", sa.String(100), nullable=False),
-    sa.Column("topic", sa.String(100), nullable=True),
-    sa.Column("hook_instance", sa.String(100), nullable=False),
-    # Keyed hash of the verified caller (iss, tenant): feedback counts only from that caller.
-    sa.Column("caller_hash", sa.String(64), nullable=True),
-    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False, index=True),
-)
-
 feedback = sa.Table(
     "feedback",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # SHA-256 (hex) of the card's uuid: the uuid is a token that carries the card's keyed
+    # patient hash (plugin/storage/token.py), which is not kept beyond the token's retention.
     sa.Column("card_uuid", sa.String(64), nullable=False, index=True),
     sa.Column("service_id", sa.String(100), nullable=False),
+    # The finding and card kind (source.topic code) the card was issued for, from its token.
+    sa.Column("finding", sa.String(100), nullable=True),
+    sa.Column("kind", sa.String(100), nullable=True),
     sa.Column("known_card", sa.Boolean, nullable=False),
     sa.Column("outcome", sa.String(20), nullable=False),
     sa.Column("accepted_suggestions", sa.Text, nullable=True),
@@ -52,22 +46,6 @@ jwt_replay = sa.Table(
 )
 
 # Suppression (plugin/storage/suppression.py): which card kind is hidden for which patient.
-card_subjects = sa.Table(
-    "card_subjects",
-    metadata,
-    sa.Column("card_uuid", sa.String(64), primary_key=True),
-    sa.Column("service_id", sa.String(100), nullable=False),
-    sa.Column("finding", sa.String(100), nullable=False),
-    sa.Column("kind", sa.String(100), nullable=False),
-    sa.Column("patient_hash", sa.String(64), nullable=False),
-    sa.Column("encounter_hash", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(20), nullable=True),
-    sa.Column("caller_hash", sa.String(64), nullable=True),
-    # The override reason codes the card offered, comma-separated.
-    sa.Column("reasons", sa.String(255), nullable=True),
-    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False, index=True),
-)
-
 suppressions = sa.Table(
     "suppressions",
     metadata,
@@ -80,6 +58,17 @@ suppressions = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.UniqueConstraint("patient_hash", "encounter_hash", "kind", name="uq_suppressions_subject"),
+)
+
+# Cards shown, per UTC day, service, finding and kind (plugin/storage/issued.py, written behind).
+issued_counts = sa.Table(
+    "issued_counts",
+    metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("service_id", sa.String(100), primary_key=True),
+    sa.Column("finding", sa.String(100), primary_key=True),
+    sa.Column("kind", sa.String(100), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
 )
 
 # The SMART page's launches and sessions (plugin/smart/sessions.py).

@@ -1,10 +1,12 @@
-"""What the service keeps: issued cards, feedback, and the JWT replay cache.
+"""What the service keeps: feedback, issued-card counts, and the JWT replay cache.
 
 SQLAlchemy Core over SQLite (default, a file in CDS_DATA_DIR) or PostgreSQL
 (CDS_DATABASE_URL). The schema is owned by Alembic migrations in
 ``plugin/storage/migrations``; :func:`migrate` brings a database to the newest
-revision and is run before the app serves. No patient data is stored: issued
-cards are keyed by card uuid, service, finding and hookInstance only.
+revision and is run before the app serves. A call writes nothing here: the card's
+uuid carries its record (``token``), and cards shown are counted behind (``issued``).
+Feedback is joined by opening the uuid, and stored with the card's finding and kind
+and a digest of its uuid, never a patient id or hash.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cds_hooks.errors import StorageError
 from cds_hooks.models import FeedbackItem
-from plugin.storage.schema import feedback, issued_cards, jwt_replay
+from plugin.storage.schema import feedback, issued_counts, jwt_replay
+from plugin.storage.token import CardRecord
 
 
 @dataclass(frozen=True, slots=True)
 class StoredFeedback:
     card_uuid: str
     service_id: str
+    finding: str | None
+    kind: str | None
     known_card: bool
     outcome: str
     accepted_suggestions: list[str]
@@ -85,49 +90,42 @@ def migrate(url: str) -> None:
     command.upgrade(config, "head")
 
 
-def insert_issued(
-    conn: sa.Connection,
-    service_id: str,
-    hook_instance: str,
-    caller_hash: str,
-    cards: Sequence[tuple[str, str, str | None]],
-    now: datetime,
-) -> None:
-    """Insert issued cards (card uuid, finding, topic code) in the caller's transaction."""
-    if not cards:
-        return
-    conn.execute(
-        issued_cards.insert(),
-        [
-            {
-                "card_uuid": uuid,
-                "service_id": service_id,
-                "finding": finding,
-                "topic": topic,
-                "hook_instance": hook_instance[:100],
-                "caller_hash": caller_hash,
-                "issued_at": now,
-            }
-            for uuid, finding, topic in cards
-        ],
-    )
+def card_key(card_uuid: str) -> str:
+    """What a feedback row keeps of its card's uuid (the duplicate key): its SHA-256, hex."""
+    return hashlib.sha256(card_uuid.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A feedback item and the record its card's uuid opened to (None: an unknown card)."""
+
+    item: FeedbackItem
+    card: CardRecord | None
+
+
+# Called in the feedback transaction with the items stored now; returns suppressions made.
+AfterRecord = Callable[[sa.Connection, Sequence[Joined], datetime], int]
 
 
 @dataclass(frozen=True, slots=True)
 class FeedbackResult:
     """What one feedback post did: the items stored now, retries, and cards not known."""
 
-    recorded: list[FeedbackItem]
+    recorded: list[Joined]
     duplicates: int
     unknown: int
+    suppressions: int = 0
 
 
-def _feedback_row(service_id: str, item: FeedbackItem, now: datetime) -> dict[str, Any]:
+def _feedback_row(service_id: str, joined: Joined, now: datetime) -> dict[str, Any]:
+    item, card = joined.item, joined.card
     reason = item.overrideReason.reason if item.overrideReason else None
     accepted = [s.id for s in item.acceptedSuggestions or []]
     return {
-        "card_uuid": item.card,
+        "card_uuid": card_key(item.card),
         "service_id": service_id,
+        "finding": card.finding[:100] if card else None,
+        "kind": card.kind[:100] if card else None,
         "known_card": True,
         "outcome": item.outcome,
         "accepted_suggestions": json.dumps(accepted) if accepted else None,
@@ -154,93 +152,99 @@ class Store:
     def ping(self) -> None:
         try:
             with self.engine.connect() as conn:
-                conn.execute(sa.select(sa.func.count()).select_from(issued_cards).limit(1))
+                conn.execute(sa.select(sa.func.count()).select_from(feedback).limit(1))
         except SQLAlchemyError as exc:
             raise StorageError() from exc
 
     def record_feedback(
-        self, service_id: str, items: Iterable[FeedbackItem], callers: Sequence[str] = ("",)
+        self, service_id: str, joined: Iterable[Joined], after: AfterRecord | None = None
     ) -> FeedbackResult:
-        """Store one outcome per card issued to the caller (``callers``: the candidate hashes of
-        the caller), in one transaction committed before this returns.
+        """Store one outcome per known card, in one transaction committed before this returns;
+        ``after`` runs in the same transaction with the items stored now (suppressions).
 
-        A card this service did not issue to this caller (or whose record is past retention)
-        is counted and not stored, so a stream of invented uuids writes nothing; a card that
-        already has its outcome is a retry and changes nothing. Feedback past
-        ``CDS_FEEDBACK_RETENTION_DAYS`` is deleted in the same transaction."""
-        items = list(items)
-        for attempt in range(2):
+        A card whose uuid did not open (not issued by this service to this caller, tampered
+        with, or past its retention) is counted and not stored, so a stream of invented uuids
+        writes nothing; a card that already has its outcome is a retry and changes nothing.
+        Feedback past ``CDS_FEEDBACK_RETENTION_DAYS`` is deleted in the same transaction."""
+        items = list(joined)
+        for attempt in range(3):
             try:
-                return self._record_feedback(service_id, items, list(callers))
+                return self._record_feedback(service_id, items, after)
             except IntegrityError:
-                # The same card's outcome was written by a concurrent retry: read it again.
-                if attempt == 1:
+                # The same card's outcome (or the same suppression) was written by a concurrent
+                # post at this moment: read again.
+                if attempt == 2:
                     raise StorageError() from None
             except SQLAlchemyError as exc:
                 raise StorageError() from exc
         raise StorageError()  # pragma: no cover - the loop returns or raises
 
     def _record_feedback(
-        self, service_id: str, items: list[FeedbackItem], callers: list[str]
+        self, service_id: str, items: list[Joined], after: AfterRecord | None
     ) -> FeedbackResult:
+        known = [joined for joined in items if joined.card is not None]
+        unknown = len(items) - len(known)
+        if not known:
+            return FeedbackResult(recorded=[], duplicates=0, unknown=unknown)
         now = self.clock()
         with self.engine.begin() as conn:
+            # Write first: SQLite takes the write lock before it reads (no stale snapshot).
             self._purge_feedback(conn, now)
-            uuids = sorted({item.card for item in items})
-            known = set(
-                conn.execute(
-                    sa.select(issued_cards.c.card_uuid).where(
-                        issued_cards.c.card_uuid.in_(uuids),
-                        issued_cards.c.service_id == service_id,
-                        issued_cards.c.caller_hash.in_(callers),
-                    )
-                ).scalars()
-            )
+            keys = {card_key(joined.item.card) for joined in known}
             seen = set(
                 conn.execute(
                     sa.select(feedback.c.card_uuid).where(
-                        feedback.c.card_uuid.in_(sorted(known)),
+                        feedback.c.card_uuid.in_(sorted(keys)),
                         feedback.c.service_id == service_id,
                     )
                 ).scalars()
             )
-            recorded: list[FeedbackItem] = []
-            unknown = duplicates = 0
-            for item in items:
-                if item.card not in known:
-                    unknown += 1
-                    continue
-                if item.card in seen:
+            recorded: list[Joined] = []
+            duplicates = 0
+            for joined in known:
+                key = card_key(joined.item.card)
+                if key in seen:
                     duplicates += 1
                     continue
-                seen.add(item.card)
-                recorded.append(item)
+                seen.add(key)
+                recorded.append(joined)
+            made = 0
             if recorded:
                 conn.execute(
-                    feedback.insert(), [_feedback_row(service_id, i, now) for i in recorded]
+                    feedback.insert(), [_feedback_row(service_id, j, now) for j in recorded]
                 )
-        return FeedbackResult(recorded=recorded, duplicates=duplicates, unknown=unknown)
+                if after is not None:
+                    made = after(conn, recorded, now)
+        return FeedbackResult(recorded, duplicates, unknown, made)
 
     def _purge_feedback(self, conn: sa.Connection, now: datetime) -> int:
         cutoff = now - self.retention
         gone = conn.execute(feedback.delete().where(feedback.c.received_at < cutoff))
-        old = conn.execute(issued_cards.delete().where(issued_cards.c.issued_at < cutoff))
-        return int(gone.rowcount or 0) + int(old.rowcount or 0)
+        return int(gone.rowcount or 0)
 
     def purge(self) -> int:
-        """Delete feedback and issued-card records past retention; return rows deleted."""
+        """Delete feedback and issued-card counts past retention; return rows deleted."""
+        now = self.clock()
         try:
             with self.engine.begin() as conn:
-                return self._purge_feedback(conn, self.clock())
+                deleted = self._purge_feedback(conn, now)
+                # A day's count goes when the whole day is past retention.
+                old = conn.execute(
+                    issued_counts.delete().where(
+                        issued_counts.c.day < (now - self.retention).date()
+                    )
+                )
+                return deleted + int(old.rowcount or 0)
         except SQLAlchemyError as exc:
             raise StorageError() from exc
 
     def feedback_for(self, card_uuid: str) -> list[StoredFeedback]:
+        """The outcomes stored for the card with this uuid."""
         with self.engine.connect() as conn:
             rows = (
                 conn.execute(
                     sa.select(feedback)
-                    .where(feedback.c.card_uuid == card_uuid)
+                    .where(feedback.c.card_uuid == card_key(card_uuid))
                     .order_by(feedback.c.id)
                 )
                 .mappings()
@@ -248,8 +252,10 @@ class Store:
             )
         return [
             StoredFeedback(
-                card_uuid=row["card_uuid"],
+                card_uuid=card_uuid,
                 service_id=row["service_id"],
+                finding=row["finding"],
+                kind=row["kind"],
                 known_card=bool(row["known_card"]),
                 outcome=row["outcome"],
                 accepted_suggestions=json.loads(row["accepted_suggestions"] or "[]"),

@@ -3,22 +3,25 @@
 When a clinician overrides a card with a reason whose content entry has
 ``suppress_hours`` > 0, the same kind of card (same ``source.topic`` code) is
 not shown again for the same patient (and the same encounter, for kinds the
-content marks per encounter) until that time has passed. Kinds bound to the
-m-kopper status (notification, isolation) come back at once when the status
-changes, e.g. suspected → confirmed.
+content marks per encounter) until that time has passed. Accepting the
+suggestion of a card whose finding has ``accept_suppresses_as`` does the same as
+that override reason. Kinds bound to the m-kopper status (notification,
+isolation) come back at once when the status changes, e.g. suspected → confirmed.
 
-To know at feedback time which patient a card uuid belonged to, each issued
-card is recorded with a keyed hash (HMAC-SHA256) of the patient id and the
-encounter id, never the ids themselves. Both are scoped: the patient hash covers
-the verified caller (``iss``, and ``tenant`` where configured) and the
-``fhirServer`` with the id, so two EHRs (or two hospitals whose ids collide)
+To know at feedback time which patient a card belonged to, the card's uuid is a
+token (``plugin.storage.token``) sealing a keyed hash (HMAC-SHA256) of the
+patient id and, for kinds suppressed per encounter, of the encounter id, never
+the ids themselves; a call writes nothing. Both hashes are scoped: the patient
+hash covers the verified caller (``iss``, and ``tenant`` where configured) and
+the ``fhirServer`` with the id, so two EHRs (or two hospitals whose ids collide)
 never share a suppression; and feedback on a card is applied only when it comes
-from the caller the card was issued to, with an override reason the card offered.
-The key is CDS_PATIENT_HASH_SECRET
-(comma-separated: the first hashes new records, the others are still
-recognised, so the secret can be rotated), or a random key generated once and
-kept in CDS_DATA_DIR. All state is in the database, so every instance over one
-database suppresses the same cards. Expired records are deleted on write.
+from the caller the card was issued to (the token opens for that caller only),
+with an override reason the card offered. The key is CDS_PATIENT_HASH_SECRET
+(comma-separated: the first hashes new records and seals new cards, the others
+are still recognised, so the secret can be rotated), or a random key generated
+once and kept in CDS_DATA_DIR. Suppressions are in the database, read once per
+call with a patient, so every instance over one database suppresses the same
+cards. Expired records are deleted on write.
 """
 
 from __future__ import annotations
@@ -29,15 +32,15 @@ import hmac
 import os
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask, current_app
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from cds_hooks.errors import StorageError
 from cds_hooks.fhir import normalise_base
@@ -45,11 +48,13 @@ from cds_hooks.knowledge import Knowledge, Language
 from cds_hooks.models import FeedbackItem, HookRequest
 from cds_hooks.services import Evaluation, Fitted, Fitter, IssuedCard, cut_to
 from plugin.config import data_dir
-from plugin.storage.schema import card_subjects, suppressions
-from plugin.storage.store import Clock, Store, insert_issued, utcnow
+from plugin.storage.issued import IssuedCounts
+from plugin.storage.schema import suppressions
+from plugin.storage.store import Clock, Joined, Store, utcnow
+from plugin.storage.token import CardRecord, CardTokens
 
 # Feedback comes while the card is on screen, or later from an EHR's retry queue; a card's
-# patient hash is kept this long for it, then deleted (feedback after that suppresses nothing).
+# token opens this long after it was issued, then no more (later feedback is an unknown card).
 SUBJECT_RETENTION = timedelta(days=7)
 KEY_FILE = "patient-hash.key"
 MIN_SECRET_LENGTH = 32
@@ -57,7 +62,6 @@ MIN_SECRET_LENGTH = 32
 NO_ENCOUNTER = ""
 
 # Built once: a call only binds values (statement building was a tenth of a call's time).
-_OLD_SUBJECTS = card_subjects.delete().where(card_subjects.c.issued_at < sa.bindparam("cutoff"))
 _ACTIVE_SUPPRESSIONS = sa.select(
     suppressions.c.kind, suppressions.c.encounter_hash, suppressions.c.status
 ).where(
@@ -66,13 +70,12 @@ _ACTIVE_SUPPRESSIONS = sa.select(
     suppressions.c.expires_at > sa.bindparam("now"),
 )
 
-# Called inside the transaction that decides which cards are shown, with those cards.
+_EXPIRED = suppressions.delete().where(suppressions.c.expires_at <= sa.bindparam("now"))
 
 
-def offered_reasons(item: IssuedCard) -> str:
-    """The override reason codes a card offered, comma-separated (feedback may use only these)."""
-    codes = [reason.code for reason in item.card.overrideReasons or [] if reason.code]
-    return ",".join(codes)[:255]
+def offered_reasons(item: IssuedCard) -> tuple[str, ...]:
+    """The override reason codes a card offered (feedback may use only these)."""
+    return tuple(reason.code for reason in item.card.overrideReasons or [] if reason.code)
 
 
 def card_kind(item: IssuedCard) -> str:
@@ -91,6 +94,11 @@ class PatientHasher:
         if not keys:
             raise ValueError("at least one key is needed")
         self._keys = tuple(keys)
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """The keys, current first (card tokens derive their own keys from them)."""
+        return self._keys
 
     def _digest(self, key: bytes, domain: str, value: str) -> str:
         # The domain keeps a patient id and an encounter id with the same text apart.
@@ -151,6 +159,11 @@ class Policy:
     # override reason code -> display text, and card kind -> topic text, for the dashboard
     reason_labels: Mapping[str, str] | None = None
     kind_labels: Mapping[str, str] | None = None
+    # finding -> the override reason whose suppression accepting its suggestion makes
+    accept_reasons: Mapping[str, str] | None = None
+
+    def accept_reason_for(self, finding: str) -> str | None:
+        return (self.accept_reasons or {}).get(finding)
 
     def hours_for(self, reason_code: str | None) -> int:
         return self.reason_hours.get(reason_code or "", 0)
@@ -179,6 +192,11 @@ def policy_from_knowledge(knowledge: Knowledge, language: Language = "nb") -> Po
         status_bound=status_bound,
         reason_labels={code: reason.display.get(language) for code, reason in reasons.items()},
         kind_labels={key: finding.topic.get(language) for key, finding in findings.items()},
+        accept_reasons={
+            key: finding.accept_suppresses_as
+            for key, finding in findings.items()
+            if finding.accept_suppresses_as
+        },
     )
 
 
@@ -229,7 +247,8 @@ def subject_of(request: HookRequest, evaluation: Evaluation, caller: Any = None)
 
 
 class Suppressions:
-    """Suppression state in the service's database (shared by every instance)."""
+    """Suppression state in the service's database (shared by every instance), and the card
+    tokens that let feedback find a card's subject without a write per call."""
 
     def __init__(
         self,
@@ -237,11 +256,14 @@ class Suppressions:
         hasher: PatientHasher,
         policy: Policy,
         clock: Clock = utcnow,
+        counts: IssuedCounts | None = None,
     ):
         self.engine = engine
         self.hasher = hasher
         self.clock = clock
         self.policy = policy
+        self.tokens = CardTokens(hasher.keys, SUBJECT_RETENTION)
+        self.counts = counts
 
     def _scopes(self, finding: str, subject: Subject) -> set[str]:
         if subject.encounter is None or not self.policy.is_per_encounter(finding):
@@ -258,51 +280,43 @@ class Suppressions:
         fit: Fitter = cut_to,
     ) -> Fitted:
         """Drop the cards suppressed for this subject, fit the rest under ``limit`` (most
-        urgent first, as given; ``fit`` may merge related advice before it cuts), and record
-        the cards kept (their uuid, finding and hook instance, and their subject's hashes),
-        all in one transaction."""
+        urgent first, as given; ``fit`` may merge related advice before it cuts), and give
+        each card kept a uuid that carries its record (finding, kind, the subject's hashes,
+        status, the reasons offered; ``hook_instance`` is not kept).
+
+        One read (the active suppressions; none without a patient) and no write: the cards
+        shown are counted in memory and written behind (``plugin.storage.issued``)."""
         if not issued:
             return Fitted([])
         now = self.clock()
-        try:
-            with self.engine.begin() as conn:
-                if subject.patient is None:
-                    fitted = fit(issued, limit)
-                else:
-                    # Write first: the transaction takes the write lock before it reads, so
-                    # SQLite waits for another writer instead of failing on a stale snapshot.
-                    conn.execute(_OLD_SUBJECTS, {"cutoff": now - SUBJECT_RETENTION})
+        patient_hash: str | None = None
+        if subject.patient is None:
+            fitted = fit(issued, limit)
+        else:
+            patient_hashes = self.hasher.candidates("patient", subject.scoped(subject.patient))
+            patient_hash = patient_hashes[0]
+            try:
+                with self.engine.connect() as conn:
                     active = conn.execute(
                         _ACTIVE_SUPPRESSIONS,
                         {
-                            "patient_hashes": self.hasher.candidates(
-                                "patient", subject.scoped(subject.patient)
-                            ),
+                            "patient_hashes": patient_hashes,
                             "kinds": sorted({card_kind(item) for item in issued}),
                             "now": now,
                         },
                     ).all()
-                    shown = [item for item in issued if not self._suppressed(item, subject, active)]
-                    fitted = fit(shown, limit)
-                    self._record_subjects(conn, service_id, subject, fitted.issued, now)
-                insert_issued(
-                    conn,
-                    service_id,
-                    hook_instance,
-                    self.hasher.hash("caller", subject.caller),
-                    [
-                        (
-                            item.card.uuid or "",
-                            item.finding,
-                            item.card.source.topic.code if item.card.source.topic else None,
-                        )
-                        for item in fitted.issued
-                    ],
-                    now,
-                )
-        except SQLAlchemyError as exc:
-            raise StorageError() from exc
-        return fitted
+            except SQLAlchemyError as exc:
+                raise StorageError() from exc
+            shown = [item for item in issued if not self._suppressed(item, subject, active)]
+            fitted = fit(shown, limit)
+        kept = self._seal(service_id, subject, patient_hash, fitted.issued, now)
+        if self.counts is not None and kept:
+            self.counts.add(
+                now.astimezone(UTC).date(),
+                service_id,
+                [(item.finding, card_kind(item)) for item in kept],
+            )
+        return replace(fitted, issued=kept)
 
     def _suppressed(self, item: IssuedCard, subject: Subject, active: Sequence[Any]) -> bool:
         kind = card_kind(item)
@@ -315,123 +329,120 @@ class Suppressions:
             for row in active
         )
 
-    def _record_subjects(
+    def _seal(
         self,
-        conn: sa.Connection,
         service_id: str,
         subject: Subject,
+        patient_hash: str | None,
         kept: Sequence[IssuedCard],
         now: datetime,
-    ) -> None:
-        if not kept or subject.patient is None:
-            return
-        patient_hash = self.hasher.hash("patient", subject.scoped(subject.patient))
-        encounter_hash = (
-            self.hasher.hash("encounter", subject.scoped(subject.encounter))
-            if subject.encounter
-            else NO_ENCOUNTER
-        )
-        caller_hash = self.hasher.hash("caller", subject.caller)
-        rows = [
-            {
-                "card_uuid": item.card.uuid[:64],
-                "service_id": service_id[:100],
-                "finding": item.finding[:100],
-                "kind": card_kind(item),
-                "patient_hash": patient_hash,
-                "encounter_hash": encounter_hash,
-                "status": subject.status[:20] if subject.status else None,
-                "caller_hash": caller_hash,
-                "reasons": offered_reasons(item),
-                "issued_at": now,
-            }
-            for item in kept
-            if item.card.uuid
-        ]
-        if rows:
-            conn.execute(card_subjects.insert(), rows)
-
-    def caller_hashes(self, caller: Any) -> list[str]:
-        """The keyed hashes an issued card of this caller may carry (one per key)."""
-        return self.hasher.candidates("caller", caller_key(caller))
-
-    def apply_feedback(
-        self, service_id: str, items: Iterable[FeedbackItem], caller: Any = None
-    ) -> int:
-        """Create a suppression for each override whose reason suppresses; return how many.
-
-        Only a card issued to this caller counts, and only with a reason that card offered."""
-        created = 0
-        callers = self.caller_hashes(caller)
-        for item in items:
-            reason = item.overrideReason.reason if item.overrideReason else None
-            hours = self.policy.hours_for(reason.code if reason else None)
-            if item.outcome != "overridden" or reason is None or hours <= 0:
+    ) -> list[IssuedCard]:
+        """The cards with their records sealed into their uuids (a card without one keeps
+        none: feedback cannot name it)."""
+        encounter_hash: str | None = None
+        sealed: list[IssuedCard] = []
+        for item in kept:
+            if not item.card.uuid:
+                sealed.append(item)
                 continue
-            created += self._suppress(service_id, item.card[:64], reason.code[:100], hours, callers)
-        self.purge()
-        return created
+            scope = NO_ENCOUNTER
+            if (
+                patient_hash is not None
+                and subject.encounter is not None
+                and self.policy.is_per_encounter(item.finding)
+            ):
+                if encounter_hash is None:
+                    encounter_hash = self.hasher.hash(
+                        "encounter", subject.scoped(subject.encounter)
+                    )
+                scope = encounter_hash
+            record = CardRecord(
+                finding=item.finding,
+                kind=card_kind(item),
+                patient_hash=patient_hash,
+                encounter_hash=scope,
+                status=subject.status,
+                reasons=offered_reasons(item),
+                issued_at=now,
+            )
+            token = self.tokens.seal(record, service_id, subject.caller)
+            sealed.append(replace(item, card=item.card.model_copy(update={"uuid": token})))
+        return sealed
 
-    def _suppress(
-        self, service_id: str, card_uuid: str, reason: str, hours: int, callers: list[str]
-    ) -> int:
+    def join(
+        self, service_id: str, items: Iterable[FeedbackItem], caller: Any = None
+    ) -> list[Joined]:
+        """Each feedback item with the record its card's uuid opens to for this service and
+        caller (None: an unknown card: not issued here to this caller, altered, or too old)."""
         now = self.clock()
-        for attempt in range(3):
-            try:
-                with self.engine.begin() as conn:
-                    # Write first (see issue()); expired records go on every write.
-                    conn.execute(suppressions.delete().where(suppressions.c.expires_at <= now))
-                    row = conn.execute(
-                        sa.select(card_subjects).where(
-                            card_subjects.c.card_uuid == card_uuid,
-                            card_subjects.c.service_id == service_id,
-                            card_subjects.c.caller_hash.in_(callers),
-                        )
-                    ).first()
-                    if row is None or reason not in (row.reasons or "").split(","):
-                        return 0
-                    scope = (
-                        row.encounter_hash
-                        if self.policy.is_per_encounter(row.finding)
-                        else NO_ENCOUNTER
-                    )
-                    key = (
-                        suppressions.c.patient_hash == row.patient_hash,
-                        suppressions.c.encounter_hash == scope,
-                        suppressions.c.kind == row.kind,
-                    )
-                    # The latest override decides, also when it shortens an earlier one.
-                    conn.execute(suppressions.delete().where(*key))
-                    conn.execute(
-                        suppressions.insert().values(
-                            patient_hash=row.patient_hash,
-                            encounter_hash=scope,
-                            kind=row.kind,
-                            status=row.status,
-                            reason=reason,
-                            created_at=now,
-                            expires_at=now + timedelta(hours=hours),
-                        )
-                    )
-                return 1
-            except IntegrityError:
-                # Another instance wrote the same record at the same moment: try again.
-                if attempt == 2:
-                    raise StorageError() from None
-            except SQLAlchemyError as exc:
-                raise StorageError() from exc
-        return 0
+        key = caller_key(caller)
+        opened: dict[str, CardRecord | None] = {}
+        joined: list[Joined] = []
+        for item in items:
+            if item.card not in opened:
+                opened[item.card] = self.tokens.open(item.card, service_id, key, now)
+            joined.append(Joined(item, opened[item.card]))
+        return joined
+
+    def reason_for(self, joined: Joined) -> str | None:
+        """The override reason whose suppression this feedback makes, if any: an override
+        with a reason the card offered, or an accepted suggestion on a card whose finding
+        the content says accepting suppresses as a reason does."""
+        item, card = joined.item, joined.card
+        if card is None:
+            return None
+        if item.outcome == "overridden":
+            reason = item.overrideReason.reason if item.overrideReason else None
+            if reason is None or reason.code not in card.reasons:
+                return None
+            return reason.code
+        if item.outcome == "accepted" and item.acceptedSuggestions:
+            return self.policy.accept_reason_for(card.finding)
+        return None
+
+    def suppress(self, conn: sa.Connection, recorded: Sequence[Joined], now: datetime) -> int:
+        """In the feedback's transaction: a suppression for each item stored now whose reason
+        suppresses (:meth:`reason_for`); return how many were made."""
+        made: list[tuple[CardRecord, str, int]] = []
+        for joined in recorded:
+            reason = self.reason_for(joined)
+            hours = self.policy.hours_for(reason)
+            if joined.card is None or joined.card.patient_hash is None or hours <= 0:
+                continue
+            made.append((joined.card, reason or "", hours))
+        # Expired suppressions go on every feedback write.
+        conn.execute(_EXPIRED, {"now": now})
+        for card, reason, hours in made:
+            assert card.patient_hash is not None
+            scope = card.encounter_hash if self.policy.is_per_encounter(card.finding) else ""
+            key = (
+                suppressions.c.patient_hash == card.patient_hash,
+                suppressions.c.encounter_hash == scope,
+                suppressions.c.kind == card.kind,
+            )
+            # The latest feedback decides, also when it shortens an earlier suppression.
+            conn.execute(suppressions.delete().where(*key))
+            conn.execute(
+                suppressions.insert().values(
+                    patient_hash=card.patient_hash,
+                    encounter_hash=scope,
+                    kind=card.kind[:100],
+                    status=card.status[:20] if card.status else None,
+                    reason=reason[:100],
+                    created_at=now,
+                    expires_at=now + timedelta(hours=hours),
+                )
+            )
+        return len(made)
 
     def purge(self) -> int:
-        """Delete expired suppressions and card subjects past retention; return rows deleted."""
-        now = self.clock()
+        """Delete expired suppressions; return rows deleted."""
         try:
             with self.engine.begin() as conn:
-                gone = conn.execute(suppressions.delete().where(suppressions.c.expires_at <= now))
-                old = conn.execute(_OLD_SUBJECTS, {"cutoff": now - SUBJECT_RETENTION})
+                gone = conn.execute(_EXPIRED, {"now": self.clock()})
         except SQLAlchemyError as exc:
             raise StorageError() from exc
-        return int(gone.rowcount or 0) + int(old.rowcount or 0)
+        return int(gone.rowcount or 0)
 
     def active_count(self) -> int:
         with self.engine.connect() as conn:
@@ -448,9 +459,17 @@ def get_suppressions() -> Suppressions:
     return suppression
 
 
+def get_issued_counts() -> IssuedCounts:
+    counts: IssuedCounts = current_app.extensions["cds_issued_counts"]
+    return counts
+
+
 def init_app(app: Flask, policy: Policy) -> None:
-    """Attach the suppression state, under the policy read from the app's one content."""
+    """Attach the suppression state, under the policy read from the app's one content, and
+    the counts of cards shown."""
     store: Store = app.extensions["cds_store"]
+    counts = IssuedCounts(store.engine)
+    app.extensions["cds_issued_counts"] = counts
     app.extensions["cds_suppression"] = Suppressions(
-        store.engine, hasher_from_settings(app.config), policy, clock=store.clock
+        store.engine, hasher_from_settings(app.config), policy, clock=store.clock, counts=counts
     )

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from flask import Flask
 from cds_hooks.models import Card, Coding, HookRequest, Source
 from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
 from plugin.admin.report import build_report, daily_chart
-from plugin.storage.schema import feedback, issued_cards
+from plugin.storage.schema import feedback, issued_counts
 from tests.storage.test_suppression import call, make_suppression_app, override
 from tests.support.clock import Clock
 
@@ -35,27 +36,21 @@ def dashboard_app(make_app: Any, **overrides: Any) -> Flask:
 
 
 def seed(app: Flask, rows: Iterable[tuple[date, str, str | None, str | None]]) -> None:
-    """Insert (day, kind, outcome or None for shown only, reason) straight into the store."""
+    """Insert (day, kind, outcome or None for shown only, reason) straight into the store: each
+    row a card shown that day (into the day's count), and its feedback if it has an outcome."""
     engine = app.extensions["cds_store"].engine
+    shown: Counter[tuple[date, str]] = Counter()
     with engine.begin() as conn:
         for day, kind, outcome, reason in rows:
             at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=9)
-            card = str(uuid.uuid4())
-            conn.execute(
-                issued_cards.insert().values(
-                    card_uuid=card,
-                    service_id="sup-view",
-                    finding=kind,
-                    topic=kind,
-                    hook_instance="h",
-                    issued_at=at,
-                )
-            )
+            shown[(day, kind)] += 1
             if outcome:
                 conn.execute(
                     feedback.insert().values(
-                        card_uuid=card,
+                        card_uuid=uuid.uuid4().hex,
                         service_id="sup-view",
+                        finding=kind,
+                        kind=kind,
                         known_card=True,
                         outcome=outcome,
                         override_code=reason,
@@ -65,6 +60,20 @@ def seed(app: Flask, rows: Iterable[tuple[date, str, str | None, str | None]]) -
                         received_at=at + timedelta(minutes=3),
                     )
                 )
+        if shown:
+            conn.execute(
+                issued_counts.insert(),
+                [
+                    {
+                        "day": day,
+                        "service_id": "sup-view",
+                        "finding": kind,
+                        "kind": kind,
+                        "count": n,
+                    }
+                    for (day, kind), n in shown.items()
+                ],
+            )
 
 
 def table_row(html: str, kind: str) -> str:
@@ -346,15 +355,17 @@ def test_report_over_postgresql(make_app: Any) -> None:
     # The database outlives the test: a day far in the future is this test's own.
     far = datetime(2091, 3, 14, 12, 0, tzinfo=UTC)
     kind = f"kind-{uuid.uuid4().hex[:8]}"
-    seed(app, [(far.date(), kind, "overridden", "postpone-24h"), (far.date(), kind, None, None)])
+    seed(
+        app, [(far.date(), kind, "overridden", "measures-in-place"), (far.date(), kind, None, None)]
+    )
     report = build_report(
         app.extensions["cds_store"].engine,
         now=far,
         days=1,
         kind_labels={},
-        reason_labels={"postpone-24h": "Utsett 24 timer"},
+        reason_labels={"measures-in-place": "Tiltakene er allerede iverksatt"},
     )
     mine = next(k for k in report.kinds if k.kind == kind)
     assert (mine.total("shown"), mine.total("overridden")) == (2, 1)
     assert mine.daily["shown"] == {far.date(): 2}
-    assert dict(mine.reasons) == {"postpone-24h": 1}
+    assert dict(mine.reasons) == {"measures-in-place": 1}

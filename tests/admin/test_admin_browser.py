@@ -20,7 +20,7 @@ from tests.support.paths import ROOT
 SCREENSHOT = ROOT / "docs" / "screenshots" / "admin-feedback.png"
 # (kind, cards per day, share accepted, share overridden, override reasons)
 TRAFFIC = [
-    ("notify-municipal-doctor", 6, 0.3, 0.5, ["already-notified", "postpone-24h"]),
+    ("notify-municipal-doctor", 6, 0.3, 0.5, ["already-notified", "not-relevant-for-contact"]),
     ("isolation-inpatient", 9, 0.5, 0.3, ["measures-in-place", "not-relevant-for-contact"]),
     ("respirator", 4, 0.4, 0.4, ["measures-in-place"]),
     ("staff-in-vulnerable-groups", 3, 0.2, 0.6, ["not-relevant-for-contact"]),

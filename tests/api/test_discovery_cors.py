@@ -64,7 +64,7 @@ def test_readiness_fails_when_database_is_gone(make_app: Any) -> None:
     import sqlalchemy as sa
 
     with app.extensions["cds_store"].engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE issued_cards"))
+        conn.execute(sa.text("DROP TABLE feedback"))
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "storage-unavailable"

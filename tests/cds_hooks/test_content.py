@@ -151,9 +151,9 @@ def test_notification_and_isolation_are_at_least_warning(knowledge: Any) -> None
 
 def test_override_reasons_have_display_and_suppression_hours(knowledge: Any) -> None:
     reasons = knowledge.content.override_reasons
-    assert {"already-notified", "postpone-24h", "not-relevant-for-contact"} <= set(reasons)
+    assert {"already-notified", "measures-in-place", "not-relevant-for-contact"} <= set(reasons)
     assert reasons["not-relevant-for-contact"].suppress_hours == 0
-    assert reasons["postpone-24h"].suppress_hours == 24
+    assert reasons["measures-in-place"].suppress_hours == 24
     assert (
         "already-notified" in knowledge.content.findings["notify-municipal-doctor"].override_reasons
     )

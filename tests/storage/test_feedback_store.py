@@ -107,7 +107,7 @@ def test_feedback_over_the_caps_is_400_naming_the_field(make_app: Any) -> None:
     assert client.post("/cds-services/test-view/feedback", json=at_the_cap).status_code == 200
 
 
-def test_feedback_past_retention_is_deleted(make_app: Any) -> None:
+def test_feedback_and_card_counts_past_retention_are_deleted(make_app: Any) -> None:
     clock = Clock(START)
     app = make_app(CDS_REGISTRY=fake_registry(), CDS_CLOCK=clock, CDS_FEEDBACK_RETENTION_DAYS=30)
     client = app.test_client()
@@ -115,13 +115,19 @@ def test_feedback_past_retention_is_deleted(make_app: Any) -> None:
         "uuid"
     ]
     client.post("/cds-services/test-view/feedback", json=feedback_body(card_uuid))
+    assert app.extensions["cds_issued_counts"].flush() == 1
     store = app.extensions["cds_store"]
     clock.now += timedelta(days=30)
     assert store.purge() == 0
     assert len(store.feedback_for(card_uuid)) == 1
     clock.now += timedelta(seconds=1)
-    assert store.purge() == 2  # the feedback row and the issued-card row
+    assert store.purge() == 1  # the feedback row
     assert store.feedback_for(card_uuid) == []
+    # The day's count of cards shown goes once the whole day is past retention.
+    clock.now = START.replace(hour=0) + timedelta(days=31)
+    assert store.purge() == 1
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM issued_counts")).scalar_one() == 0
 
 
 def test_feedback_with_wrong_outcome_is_400(make_app: Any) -> None:
@@ -149,6 +155,7 @@ def test_the_dashboard_counts_a_card_overridden_10000_times_once(make_app: Any) 
     item = feedback_body(card_uuid)["feedback"][0]
     for _ in range(100):
         client.post("/cds-services/test-view/feedback", json={"feedback": [item] * 100})
+    app.extensions["cds_issued_counts"].flush()
     report = build_report(
         app.extensions["cds_store"].engine,
         now=clock(),

@@ -123,7 +123,10 @@ def call(
     return {card["source"]["topic"]["code"]: card["uuid"] for card in response.get_json()["cards"]}
 
 
-def override(client: FlaskClient, card_uuid: str, reason: str, outcome: str = "overridden") -> None:
+def feedback(
+    client: FlaskClient, card_uuid: str, reason: str, outcome: str = "overridden"
+) -> dict[str, Any]:
+    """Post one outcome (an override with ``reason``, or an acceptance); the answer's counts."""
     item: dict[str, Any] = {
         "card": card_uuid,
         "outcome": outcome,
@@ -136,6 +139,12 @@ def override(client: FlaskClient, card_uuid: str, reason: str, outcome: str = "o
         }
     response = client.post(f"/cds-services/{SERVICE}/feedback", json={"feedback": [item]})
     assert response.status_code == 200, response.get_data(as_text=True)
+    answer: dict[str, Any] = response.get_json()
+    return answer
+
+
+def override(client: FlaskClient, card_uuid: str, reason: str, outcome: str = "overridden") -> None:
+    feedback(client, card_uuid, reason, outcome)
 
 
 def dump_database(app: Flask) -> str:
@@ -156,15 +165,13 @@ def test_override_suppresses_only_that_kind_for_that_patient(make_app: Any) -> N
     clock = Clock(START)
     client = make_suppression_app(make_app, clock).test_client()
     cards = call(client, ["notify-municipal-doctor", "isolation-inpatient"])
-    override(client, cards["notify-municipal-doctor"], "postpone-24h")
+    override(client, cards["isolation-inpatient"], "measures-in-place")
 
     clock.now += timedelta(hours=1)
     assert set(call(client, ["notify-municipal-doctor", "isolation-inpatient"])) == {
-        "isolation-inpatient"
-    }
-    assert set(call(client, ["notify-municipal-doctor"], patient="pat-2")) == {
         "notify-municipal-doctor"
     }
+    assert set(call(client, ["isolation-inpatient"], patient="pat-2")) == {"isolation-inpatient"}
 
 
 def test_reason_without_hours_and_accepted_cards_do_not_suppress(make_app: Any) -> None:
@@ -212,13 +219,11 @@ def test_two_instances_over_postgresql(make_app: Any) -> None:
     settings = {"CDS_DATABASE_URL": url, "CDS_PATIENT_HASH_SECRET": SECRET}
     first = make_suppression_app(make_app, clock, **settings).test_client()
     second = make_suppression_app(make_app, clock, **settings).test_client()
-    cards = call(first, ["notify-municipal-doctor"], patient=patient)
-    override(second, cards["notify-municipal-doctor"], "postpone-24h")
-    assert call(first, ["notify-municipal-doctor"], patient=patient) == {}
+    cards = call(first, ["isolation-inpatient"], patient=patient)
+    override(second, cards["isolation-inpatient"], "measures-in-place")
+    assert call(first, ["isolation-inpatient"], patient=patient) == {}
     clock.now += timedelta(hours=25)
-    assert set(call(second, ["notify-municipal-doctor"], patient=patient)) == {
-        "notify-municipal-doctor"
-    }
+    assert set(call(second, ["isolation-inpatient"], patient=patient)) == {"isolation-inpatient"}
 
 
 def test_no_patient_or_encounter_id_is_stored(make_app: Any) -> None:
@@ -237,8 +242,8 @@ def test_expired_suppressions_are_deleted_on_write(make_app: Any) -> None:
     clock = Clock(START)
     app = make_suppression_app(make_app, clock)
     client = app.test_client()
-    cards = call(client, ["notify-municipal-doctor", "respirator"])
-    override(client, cards["notify-municipal-doctor"], "postpone-24h")
+    cards = call(client, ["isolation-inpatient", "respirator"])
+    override(client, cards["isolation-inpatient"], "measures-in-place")
     engine = app.extensions["cds_store"].engine
 
     def rows() -> int:
@@ -252,32 +257,36 @@ def test_expired_suppressions_are_deleted_on_write(make_app: Any) -> None:
     assert rows() == 0
 
 
-def test_card_subjects_are_deleted_after_retention(make_app: Any) -> None:
+def test_feedback_past_the_card_retention_is_unknown(make_app: Any) -> None:
     clock = Clock(START)
     app = make_suppression_app(make_app, clock)
     client = app.test_client()
-    cards = call(client, ["respirator"])
-    clock.now += timedelta(days=8)
-    call(client, [])
-    app.extensions["cds_suppression"].purge()
-    # Feedback after retention finds no subject any more, so it suppresses nothing.
-    override(client, cards["respirator"], "measures-in-place")
-    assert app.extensions["cds_suppression"].active_count() == 0
+    cards = call(client, ["respirator", "isolation-inpatient"])
+    # Seven days after the call the card's uuid still opens; a second later it does not.
+    clock.now += timedelta(days=7)
+    assert feedback(client, cards["respirator"], "measures-in-place")["recorded"] == 1
+    assert app.extensions["cds_suppression"].active_count() == 1
+    clock.now += timedelta(seconds=1)
+    answer = feedback(client, cards["isolation-inpatient"], "measures-in-place")
+    assert answer == {"received": 1, "recorded": 0, "duplicates": 0, "unknown": 1}
+    assert app.extensions["cds_suppression"].active_count() == 1
+    assert "isolation-inpatient" in call(client, ["isolation-inpatient"])
 
 
 def test_latest_override_decides_the_time(make_app: Any) -> None:
     clock = Clock(START)
     client = make_suppression_app(make_app, clock).test_client()
-    first = call(client, ["notify-municipal-doctor"])
+    first = call(client, ["respirator"])
     # A second card of the same kind, shown before the first was overridden (another hook),
-    # is overridden later, through another instance, with a shorter time.
-    second = call(client, ["notify-municipal-doctor"])
-    override(client, first["notify-municipal-doctor"], "already-notified")
+    # is overridden later, through another instance, with a shorter time (the test cards
+    # offer every reason of the content).
+    second = call(client, ["respirator"])
+    override(client, first["respirator"], "already-notified")
     other_instance = make_suppression_app(make_app, clock).test_client()
     clock.now += timedelta(hours=1)
-    override(other_instance, second["notify-municipal-doctor"], "postpone-24h")
+    override(other_instance, second["respirator"], "measures-in-place")
     clock.now += timedelta(hours=24)
-    assert set(call(client, ["notify-municipal-doctor"])) == {"notify-municipal-doctor"}
+    assert set(call(client, ["respirator"])) == {"respirator"}
 
 
 # --- The keyed hash -----------------------------------------------------------------------------
@@ -418,8 +427,8 @@ def test_purge_command_deletes_expired_records(make_app: Any, tmp_path: Path, ca
     app = make_suppression_app(make_app, clock)
     client = app.test_client()
     cards = call(client, ["notify-municipal-doctor", "respirator"])
-    override(client, cards["notify-municipal-doctor"], "postpone-24h")
-    override(client, cards["respirator"], "already-notified")
+    override(client, cards["notify-municipal-doctor"], "already-notified")
+    override(client, cards["respirator"], "measures-in-place")
     assert app.extensions["cds_suppression"].active_count() == 2
 
     env = {"CDS_DATA_DIR": str(tmp_path), "CDS_DATABASE_URL": "", "CDS_PATIENT_HASH_SECRET": ""}
@@ -471,7 +480,7 @@ def _no_uuid(request: HookRequest, data: PrefetchData) -> Evaluation:
     return Evaluation([IssuedCard(card=card, finding="respirator")], status="suspected")
 
 
-def test_cards_without_uuid_are_shown_and_not_recorded(make_app: Any) -> None:
+def test_cards_without_uuid_are_shown_and_counted_without_one(make_app: Any) -> None:
     registry = ServiceRegistry(
         [
             CdsService(
@@ -488,6 +497,6 @@ def test_cards_without_uuid_are_shown_and_not_recorded(make_app: Any) -> None:
     body = {"hook": "patient-view", "hookInstance": "h", "context": {"patientId": "p"}}
     response = app.test_client().post("/cds-services/no-uuid", json=body)
     assert response.status_code == 200
-    assert len(response.get_json()["cards"]) == 1
-    with app.extensions["cds_store"].engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM card_subjects")).scalar_one() == 0
+    (card,) = response.get_json()["cards"]
+    assert "uuid" not in card
+    assert app.extensions["cds_issued_counts"].pending() == 1
