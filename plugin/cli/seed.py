@@ -58,8 +58,9 @@ MAX_CULPRITS = 3
 ENTRY_INDEX = re.compile(r"entry\[(\d+)\]")
 # The newest clinical date of each sample falls this many days before the day of loading.
 DAYS_BEFORE_LOADING = 1
-# The elements of the samples that hold a clinical date or time (Encounter.period has start and
-# end). Patient.birthDate is not one: the synthetic fødselsnummer carries the birth date.
+# The elements that hold a clinical date or time in the samples (Encounter.period has start and
+# end), and in the resources they may grow (Procedure, Communication). Patient.birthDate is not
+# one: the synthetic fødselsnummer carries the birth date.
 CLINICAL_DATES = frozenset(
     {
         "abatementDateTime",
@@ -71,7 +72,9 @@ CLINICAL_DATES = frozenset(
         "issued",
         "occurrenceDateTime",
         "onsetDateTime",
+        "performedDateTime",
         "recordedDate",
+        "sent",
         "start",
     }
 )
