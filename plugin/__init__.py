@@ -39,7 +39,8 @@ def create_app(
     """Build the app: the one place its parts meet.
 
     ``test_config`` overrides settings. A test may hand in its own ``registry`` and
-    suppression ``policy``, and the ``clock`` that storage and suppression read.
+    suppression ``policy``, and the ``clock``: the one time that storage, suppression and the
+    services' laboratory lookback window read.
     """
     settings = load_settings(overrides=test_config)
 
@@ -60,7 +61,7 @@ def create_app(
     if registry is None:
         # Uncapped here: the pipeline cuts to CDS_MAX_CARDS after suppressed cards are
         # removed, so a suppressed card makes room for the next most urgent one.
-        registry = build_registry(knowledge, language=language, max_cards=None)
+        registry = build_registry(knowledge, language=language, max_cards=None, clock=clock)
     if policy is None:
         policy = policy_from_knowledge(knowledge, language)
 

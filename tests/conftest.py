@@ -23,7 +23,9 @@ def make_app(tmp_path: Path) -> Iterator[Any]:
 
     def factory(**overrides: Any) -> Flask:
         """Settings as keywords; ``CDS_REGISTRY``, ``CDS_SUPPRESSION_POLICY`` and ``CDS_CLOCK``
-        are handed to ``create_app`` as its ``registry``, ``policy`` and ``clock``."""
+        are handed to ``create_app`` as its ``registry``, ``policy`` and ``clock``. Without
+        ``CDS_CLOCK`` the app reads the fixed test clock (``tests.support.clock.START``), never
+        the real one."""
         given = {name: overrides.pop(key, None) for key, name in INJECTED.items()}
         # Time comes from the injected clock: the fixed test clock unless a test gives its own.
         given["clock"] = given["clock"] or Clock()

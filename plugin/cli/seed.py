@@ -7,16 +7,23 @@ what was created, what was updated and what was already there (FHIR servers
 answer a PUT with 200 or 201 inconsistently; the batch read does not depend on
 that). When a server refuses a transaction, the command names the resources it
 refused (type/id) and the server's reason, never the resources' content.
+
+The samples' clinical dates are relative to the day they are loaded (:func:`as_of`):
+each patient's dates move by one whole number of days, so that its newest clinical
+date falls ``DAYS_BEFORE_LOADING`` days before that day and a laboratory result stays
+inside the service's lookback window. Birth dates do not move. Loading twice on one
+day changes nothing; loading on a later day updates the moved dates.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -49,6 +56,30 @@ SERVER_META = frozenset({"versionId", "lastUpdated", "source", "author", "projec
 MAX_VALIDATE_CALLS = 300
 MAX_CULPRITS = 3
 ENTRY_INDEX = re.compile(r"entry\[(\d+)\]")
+# The newest clinical date of each sample falls this many days before the day of loading.
+DAYS_BEFORE_LOADING = 1
+# The elements that hold a clinical date or time in the samples (Encounter.period has start and
+# end), and in the resources they may grow (Procedure, Communication). Patient.birthDate is not
+# one: the synthetic fødselsnummer carries the birth date.
+CLINICAL_DATES = frozenset(
+    {
+        "abatementDateTime",
+        "assertedDate",
+        "authoredOn",
+        "effectiveDateTime",
+        "effectiveInstant",
+        "end",
+        "issued",
+        "occurrenceDateTime",
+        "onsetDateTime",
+        "performedDateTime",
+        "recordedDate",
+        "sent",
+        "start",
+    }
+)
+# A full FHIR date, or a dateTime/instant: the first ten characters are the written day.
+FULL_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(T[0-9:.]+(Z|[+-]\d{2}:\d{2}))?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +110,9 @@ def register(subparsers: Any) -> None:
         "seed",
         help="load the synthetic patients into a FHIR server",
         description="Load every synthetic patient (FHIR R4 transaction Bundles with fixed ids) "
-        "into a FHIR server. Loading twice changes nothing.",
+        "into a FHIR server, its clinical dates moved so that the newest falls "
+        f"{DAYS_BEFORE_LOADING} day before the day of loading. Loading twice on one day "
+        "changes nothing.",
     )
     parser.add_argument("--fhir-server", required=True, metavar="URL", help="FHIR R4 base URL")
     parser.add_argument(
@@ -95,7 +128,26 @@ def register(subparsers: Any) -> None:
         metavar="ID",
         help="load only this patient (repeatable; default: all)",
     )
+    parser.add_argument(
+        "--as-of",
+        type=_day,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help=f"date the samples relative to this day: each patient's newest clinical date "
+        f"falls {DAYS_BEFORE_LOADING} day before it (default: today, UTC)",
+    )
     parser.set_defaults(func=run)
+
+
+def _day(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def load_patients(only: Sequence[str] | None = None) -> list[SyntheticPatient]:
@@ -117,6 +169,64 @@ def load_patients(only: Sequence[str] | None = None) -> list[SyntheticPatient]:
         bundle = json.loads(folder.joinpath(item["file"]).read_text(encoding="utf-8"))
         patients.append(SyntheticPatient(str(item["id"]), str(item["description"]), bundle))
     return patients
+
+
+def clinical_dates(bundle: Mapping[str, Any]) -> list[str]:
+    """Every clinical date or time written in a sample's resources (not the Patient's)."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if key in CLINICAL_DATES and isinstance(item, str):
+                    found.append(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for entry in bundle.get("entry") or []:
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") != "Patient":
+            walk(resource)
+    return found
+
+
+def _written_day(value: str) -> dt.date | None:
+    return dt.date.fromisoformat(value[:10]) if FULL_DATE.fullmatch(value) else None
+
+
+def as_of(
+    patient: SyntheticPatient, day: dt.date, days_before: int = DAYS_BEFORE_LOADING
+) -> SyntheticPatient:
+    """The sample dated relative to ``day``: every clinical date moves by the same whole number
+    of days, so that the newest falls ``days_before`` days before ``day``. Times of day and UTC
+    offsets stay as written; so does the order of events."""
+    days = [d for d in map(_written_day, clinical_dates(patient.bundle)) if d is not None]
+    if not days:
+        return patient
+    shift = (day - dt.timedelta(days=days_before)) - max(days)
+
+    def move(value: Any, key: str | None = None) -> Any:
+        if isinstance(value, Mapping):
+            return {k: move(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(item, key) for item in value]
+        if key in CLINICAL_DATES and isinstance(value, str):
+            written = _written_day(value)
+            if written is not None:
+                return (written + shift).isoformat() + value[10:]
+        return value
+
+    entries = []
+    for entry in patient.entries:
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") == "Patient":
+            entries.append(entry)
+        else:
+            entries.append({**entry, "resource": move(resource)})
+    return SyntheticPatient(patient.id, patient.description, {**patient.bundle, "entry": entries})
 
 
 def entry_label(entry: Mapping[str, Any]) -> str:
@@ -324,13 +434,15 @@ def seed_all(
             progress.advance(task, len(patient.entries))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, clock: Callable[[], dt.datetime] = utcnow) -> int:
+    """The command; ``clock`` gives today (UTC) when ``--as-of`` does not."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
     token = args.token or os.environ.get("CDS_FHIR_TOKEN") or None
+    day: dt.date = args.as_of or clock().astimezone(dt.UTC).date()
     try:
         fhir_server = base_url(args.fhir_server, "--fhir-server")
-        patients = load_patients(args.patient)
+        patients = [as_of(patient, day) for patient in load_patients(args.patient)]
         with new_session("mkopper-cds-seed") as session:
             seeder = Seeder(fhir_server, token, session)
             seeder.check_reachable()
@@ -346,7 +458,7 @@ def run(args: argparse.Namespace) -> int:
     line = f"{created} created, {updated} updated, {unchanged} already there"
     if written:
         line += f", {written} stored (the server did not say whether new)"
-    out.print(escape(line + f" on {seeder.base_url}"))
+    out.print(escape(line + f" on {seeder.base_url}, dated as of {day.isoformat()}"))
     failed = [o for o in outcomes if o.error]
     for o in failed:
         print(f"{o.patient}: {o.error}", file=sys.stderr)

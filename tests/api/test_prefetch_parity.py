@@ -21,18 +21,33 @@ from cds_hooks.models import CdsResponse, HookRequest
 from cds_hooks.prefetch import resolve, resources_of
 from cds_hooks.services import ServiceRegistry
 from tests.support.fhirserver import FhirTestServer, require_server
-from tests.support.golden import Case, iter_cases, normalise
+from tests.support.golden import Case, golden_clock, iter_cases, normalise
 
 pytestmark = pytest.mark.fhir_server
 
 CASES = list(iter_cases())
+# Known gap (docs/clinical-safety.md, H4): the conditions template asks for active Conditions
+# only, so a fetched chart misses a resolved or refuted m-kopper Condition, and an older positive
+# result makes a case again. Strict: these fail the suite once the gap is closed.
+RULED_OUT_NOT_FETCHED = pytest.mark.xfail(
+    strict=True,
+    reason="the conditions template fetches active Conditions only (clinical-safety.md H4)",
+)
+KNOWN_GAPS = {
+    "mkopper-patient-view/refuted-after-older-positive",
+    "mkopper-encounter-discharge/resolved-after-older-positive",
+}
+PARITY_CASES = [
+    pytest.param(case, id=case.id, marks=[RULED_OUT_NOT_FETCHED] if case.id in KNOWN_GAPS else [])
+    for case in CASES
+]
 TOKEN = "parity-token"
 BUDGET_MS = 5000  # generous: this test is about equal answers, the fault tests about time
 
 
 @pytest.fixture(scope="module")
 def registry() -> ServiceRegistry:
-    return build_registry(load_knowledge())
+    return build_registry(load_knowledge(), clock=golden_clock())
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +102,7 @@ def variants(case: Case, base: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+@pytest.mark.parametrize("case", PARITY_CASES)
 def test_full_partial_and_no_prefetch_give_the_same_cards(
     case: Case, registry: ServiceRegistry, server: FhirTestServer, client: FhirClient
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from functools import cache
@@ -14,7 +15,7 @@ from cds_hooks.fhir import parse_resource
 from cds_hooks.knowledge import load_knowledge
 from cds_hooks.models import CdsResponse, HookRequest
 from cds_hooks.prefetch import resolve, resources_of
-from tests.support.golden import Case, iter_cases, normalise
+from tests.support.golden import NOW, Case, golden_clock, iter_cases, normalise
 
 CASES = list(iter_cases())
 HOOKS = {
@@ -30,7 +31,7 @@ HOOKS = {
 
 @pytest.fixture(scope="module")
 def registry() -> Any:
-    return build_registry(load_knowledge())
+    return build_registry(load_knowledge(), clock=golden_clock())
 
 
 def _respond(registry: Any, case: Case) -> dict[str, Any]:
@@ -107,3 +108,75 @@ def test_cards_are_fresh_per_call_and_suggestions_valid(registry: Any, case: Cas
             assert card["selectionBehavior"] == "any"
             for action in suggestion["actions"]:
                 parse_resource(action["resource"])
+
+
+# --- the laboratory lookback window (punkt 3 and 4; content: laboratory_lookback_days) ----------
+
+
+def _only_result_age(case: Case) -> dt.timedelta:
+    (observation,) = [r for r in _resources(case) if r["resourceType"] == "Observation"]
+    return NOW - dt.datetime.fromisoformat(observation["effectiveDateTime"])
+
+
+@pytest.mark.parametrize(
+    ("inside", "outside", "inside_age", "outside_age"),
+    [
+        (
+            "mkopper-patient-view/lab-positive-41-days-inside-window",
+            "mkopper-patient-view/lab-positive-43-days-outside-window",
+            dt.timedelta(days=-1),
+            dt.timedelta(days=1),
+        ),
+        (
+            "mkopper-encounter-discharge/lab-positive-42-days-at-window-edge",
+            "mkopper-encounter-discharge/lab-positive-42-days-and-1-second-outside",
+            dt.timedelta(0),
+            dt.timedelta(seconds=1),
+        ),
+    ],
+    ids=["a-day-either-side", "at-the-edge"],
+)
+def test_a_pair_of_cases_sits_on_each_side_of_the_lookback_window(
+    registry: Any, inside: str, outside: str, inside_age: dt.timedelta, outside_age: dt.timedelta
+) -> None:
+    days = load_knowledge().content.matching.laboratory_lookback_days
+    assert days is not None
+    window = dt.timedelta(days=days)
+    by_id = {case.id: case for case in CASES}
+    assert _only_result_age(by_id[inside]) == window + inside_age
+    assert _only_result_age(by_id[outside]) == window + outside_age
+    assert normalise(_respond(registry, by_id[inside]))["cards"]
+    assert normalise(_respond(registry, by_id[outside]))["cards"] == []
+
+
+def _without_laboratory_window(knowledge: Any) -> Any:
+    matching = knowledge.content.matching.model_copy(update={"laboratory_lookback_days": None})
+    content = knowledge.content.model_copy(update={"matching": matching})
+    return dataclasses.replace(knowledge, content=content)
+
+
+def _description(case: Case) -> str:
+    """What the case says it is about: its README.md and expected.json's description."""
+    readme = case.path / "README.md"
+    texts = [readme.read_text(encoding="utf-8")] if readme.is_file() else []
+    texts.append(str(getattr(case, "description", None) or ""))
+    return "\n".join(texts)
+
+
+def test_only_cases_about_the_window_depend_on_it(registry: Any) -> None:
+    # The same clock, with and without the laboratory window. A case whose answer changes must
+    # say so: its description names the content setting. Any other case means the same either
+    # way, so its laboratory dates cannot make it pass for a reason it does not name.
+    knowledge = load_knowledge()
+    unwindowed = build_registry(_without_laboratory_window(knowledge), clock=golden_clock())
+    depends = [
+        case
+        for case in CASES
+        if normalise(_respond(registry, case)) != normalise(_respond(unwindowed, case))
+    ]
+    assert {case.id for case in depends} >= {
+        "mkopper-patient-view/lab-positive-43-days-outside-window",
+        "mkopper-encounter-discharge/lab-positive-42-days-and-1-second-outside",
+    }
+    for case in depends:
+        assert "laboratory_lookback_days" in _description(case), case.id

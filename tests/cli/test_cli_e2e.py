@@ -65,6 +65,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         with pytest.MonkeyPatch.context() as env:
             env.setenv("CDS_DATA_DIR", str(client_dir))
+            # A real process has the real clock, so the samples are dated as of today (the
+            # command's default): the laboratory results fall inside the lookback window.
             code, out, err = quietly(["seed", "--fhir-server", fhir.base_url])
             assert code == 0, err
             total = sum(len(p.entries) for p in PATIENTS.values())

@@ -6,7 +6,10 @@ The first part mocks the FHIR server with ``responses``; the tests marked
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
+import re
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -15,10 +18,19 @@ import pytest
 import requests
 import responses
 
+from plugin.cli import seed
 from plugin.cli.http import EXIT_REFUSED, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE, EXIT_USAGE
-from plugin.cli.seed import Seeder, SyntheticPatient, load_patients
+from plugin.cli.seed import (
+    DAYS_BEFORE_LOADING,
+    Seeder,
+    SyntheticPatient,
+    as_of,
+    clinical_dates,
+    load_patients,
+)
 from tests.support import fhirserver
 from tests.support.cli_support import run_command
+from tests.support.clock import START, Clock
 from tests.support.fhirserver import FhirTestServer, require_server
 
 fhir_server = fhirserver.fhir_server  # pytest fixtures, used by name
@@ -26,6 +38,7 @@ fhir_store = fhirserver.fhir_store
 
 FHIR = "http://fhir.test.example/r4"
 FAMILY = "Testesen-Innhold"  # content that must never show in an error
+TODAY = START.date()
 
 
 def patient_bundle() -> SyntheticPatient:
@@ -180,6 +193,120 @@ def test_the_package_holds_every_indexed_patient() -> None:
         assert all(e["request"]["method"] == "PUT" for e in patient.entries)
 
 
+# --- dates relative to the day of loading -----------------------------------------------------
+
+
+def _day(value: str) -> dt.date:
+    return dt.date.fromisoformat(value[:10])
+
+
+def _resources(patient: SyntheticPatient) -> list[dict[str, Any]]:
+    return [dict(entry["resource"]) for entry in patient.entries]
+
+
+def test_every_sample_date_is_a_full_date_the_loader_can_move() -> None:
+    for patient in load_patients():
+        written = clinical_dates(patient.bundle)
+        assert written, patient.id
+        assert all(seed.FULL_DATE.fullmatch(value) for value in written), patient.id
+
+
+def test_every_date_in_the_samples_is_one_the_loader_moves() -> None:
+    # A date under an element the loader does not know would stay behind as the others move.
+    looks_like_a_date = re.compile(r"\d{4}-\d{2}-\d{2}")
+    left_behind = []
+
+    def walk(value: Any, key: str, where: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                walk(item, name, where)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, key, where)
+        elif isinstance(value, str) and looks_like_a_date.match(value):
+            if key not in seed.CLINICAL_DATES:
+                left_behind.append(f"{where}.{key}")
+
+    for patient in load_patients():
+        for resource in _resources(patient):
+            if resource["resourceType"] != "Patient":
+                walk(resource, "", f"{patient.id}:{resource['resourceType']}")
+    assert left_behind == []
+
+
+@pytest.mark.parametrize("patient", load_patients(), ids=lambda p: p.id)
+def test_the_newest_clinical_date_falls_the_stated_days_before_loading(
+    patient: SyntheticPatient,
+) -> None:
+    written = clinical_dates(patient.bundle)
+    dated = as_of(patient, TODAY)
+    assert clinical_dates(patient.bundle) == written  # the loaded sample itself is not changed
+    before = [_day(value) for value in written]
+    after = [_day(value) for value in clinical_dates(dated.bundle)]
+    assert max(after) == TODAY - dt.timedelta(days=DAYS_BEFORE_LOADING)
+    # One shift for the whole patient: the order of events and the gaps between them stay.
+    shift = after[0] - before[0]
+    assert shift.days > 0  # the files are older than the test clock
+    assert all(new - old == shift for old, new in zip(before, after, strict=True))
+    # Times of day and offsets stay as written; the Patient (its birth date) does not move.
+    for old_value, new_value in zip(
+        clinical_dates(patient.bundle), clinical_dates(dated.bundle), strict=True
+    ):
+        assert old_value[10:] == new_value[10:]
+    (person,) = [r for r in _resources(dated) if r["resourceType"] == "Patient"]
+    (original,) = [r for r in _resources(patient) if r["resourceType"] == "Patient"]
+    assert person == original and person.get("birthDate")
+    assert as_of(patient, TODAY).bundle == dated.bundle  # the same day gives the same data
+
+
+def _sent_transactions(mock: responses.RequestsMock) -> list[dict[str, Any]]:
+    bodies = [json.loads(call.request.body) for call in mock.calls if call.request.body]
+    return [body for body in bodies if body.get("type") == "transaction"]
+
+
+def _mock_fhir(mock: responses.RequestsMock) -> None:
+    mock.get(f"{FHIR}/metadata", json={"resourceType": "CapabilityStatement"})
+    mock.post(
+        f"{FHIR}/",
+        json={"resourceType": "Bundle", "type": "transaction-response", "entry": []},
+    )
+
+
+def test_the_command_dates_the_samples_as_of_the_given_day(
+    mock: responses.RequestsMock, capsys: Any
+) -> None:
+    _mock_fhir(mock)
+    argv = ["seed", "--fhir-server", FHIR, "--patient", "mk-confirmed-lab-only"]
+    code, out, err = run_command([*argv, "--as-of", "2027-02-01"], capsys)
+    assert code == 0, err
+    assert "dated as of 2027-02-01" in out
+    (sent,) = _sent_transactions(mock)
+    (observation,) = [
+        e["resource"] for e in sent["entry"] if e["resource"]["resourceType"] == "Observation"
+    ]
+    assert observation["effectiveDateTime"].startswith("2027-01-31T")
+
+
+def test_without_as_of_the_command_takes_today_from_its_clock(
+    mock: responses.RequestsMock, capsys: Any
+) -> None:
+    _mock_fhir(mock)
+    args = argparse.Namespace(
+        fhir_server=FHIR, token=None, patient=["mk-confirmed-lab-only"], as_of=None
+    )
+    assert seed.run(args, clock=Clock()) == 0
+    assert f"dated as of {TODAY.isoformat()}" in capsys.readouterr().out
+    (sent,) = _sent_transactions(mock)
+    assert max(_day(value) for value in clinical_dates(sent)) == TODAY - dt.timedelta(days=1)
+
+
+def test_a_day_that_is_not_a_date_is_a_usage_error(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        run_command(["seed", "--fhir-server", FHIR, "--as-of", "25.11.2026"], capsys)
+    assert stopped.value.code == EXIT_USAGE
+    assert "not a date (YYYY-MM-DD)" in capsys.readouterr().err
+
+
 def test_an_unknown_patient_is_a_usage_error(capsys: Any) -> None:
     code, _out, err = run_command(["seed", "--fhir-server", FHIR, "--patient", "nobody"], capsys)
     assert code == EXIT_USAGE
@@ -216,7 +343,7 @@ def test_an_unreachable_server_exits_3(capsys: Any) -> None:
 def test_seeding_twice_creates_once(fhir_store: FhirTestServer, capsys: Any) -> None:
     # The server validates every write against R4: the synthetic patients pass.
     total = sum(len(p.entries) for p in load_patients())
-    argv = ["seed", "--fhir-server", fhir_store.base_url]
+    argv = ["seed", "--fhir-server", fhir_store.base_url, "--as-of", TODAY.isoformat()]
     code, out, err = run_command(argv, capsys)
     assert code == 0, err
     assert f"{total} created, 0 updated, 0 already there" in out
@@ -225,6 +352,21 @@ def test_seeding_twice_creates_once(fhir_store: FhirTestServer, capsys: Any) -> 
     assert f"0 created, 0 updated, {total} already there" in out
     status, body = fhir_store.request("GET", "/Patient/mk-confirmed-inpatient")
     assert status == 200 and body["id"] == "mk-confirmed-inpatient"
+    status, body = fhir_store.request("GET", "/Observation/mk-confirmed-lab-only-pcr")
+    assert status == 200 and body["effectiveDateTime"].startswith("2026-11-24T")
+
+
+@pytest.mark.fhir_server
+def test_seeding_on_a_later_day_moves_the_dates(fhir_store: FhirTestServer, capsys: Any) -> None:
+    argv = ["seed", "--fhir-server", fhir_store.base_url, "--patient", "mk-confirmed-lab-only"]
+    code, out, err = run_command([*argv, "--as-of", TODAY.isoformat()], capsys)
+    assert code == 0, err
+    code, out, err = run_command([*argv, "--as-of", "2026-12-25"], capsys)
+    assert code == 0, err
+    # The Patient stays; its Encounter and Observation carry dates and move a month on.
+    assert "0 created, 2 updated, 1 already there" in out
+    status, body = fhir_store.request("GET", "/Observation/mk-confirmed-lab-only-pcr")
+    assert status == 200 and body["effectiveDateTime"].startswith("2026-12-24T")
 
 
 @pytest.mark.fhir_server

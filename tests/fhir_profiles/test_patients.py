@@ -14,7 +14,9 @@ import pytest
 
 from cds_hooks.fhir import parse_resource
 from cds_hooks.knowledge import default_content_path, load_content, load_valuesets
+from plugin.cli.seed import as_of, load_patients
 from tests.support import fhirserver, paths
+from tests.support.clock import START, Clock
 from tests.support.fhirserver import FhirTestServer
 
 ROOT = paths.ROOT
@@ -239,6 +241,13 @@ def test_the_generator_never_makes_a_valid_number() -> None:
 
 
 # --- what the service reads from them ---------------------------------------------------------
+# As the seed command loads them: dated relative to the day of loading (the test clock's).
+
+
+def loaded(patient_id: str) -> dict[str, Any]:
+    """The patient's Bundle as ``mkopper-cds seed`` would load it on the test clock's day."""
+    (patient,) = load_patients([patient_id])
+    return dict(as_of(patient, START.date()).bundle)
 
 
 def chart_request(patient_id: str, bundle: dict[str, Any]) -> dict[str, Any]:
@@ -283,7 +292,7 @@ def knowledge() -> Any:
 def test_the_service_reads_the_expected_facts(knowledge: Any, entry: dict[str, Any]) -> None:
     from cds_hooks.facts import Sources, derive_facts
 
-    found = resources(read(PATIENTS / entry["file"]))
+    found = resources(loaded(entry["id"]))
     (current,) = [
         r for r in found if r["resourceType"] == "Encounter" and r["status"] == "in-progress"
     ]
@@ -295,6 +304,7 @@ def test_the_service_reads_the_expected_facts(knowledge: Any, entry: dict[str, A
             encounters=[current],
             encounter_id=current["id"],
             orders=[r for r in found if r["resourceType"] == "ServiceRequest"],
+            now=START,
         ),
     )
     expected = entry["expected"]
@@ -310,11 +320,25 @@ def test_patient_view_gives_the_expected_cards(knowledge: Any, entry: dict[str, 
     from cds_hooks.models import HookRequest
     from cds_hooks.prefetch import resolve
 
-    service = build_registry(knowledge).get("mkopper-patient-view")
-    request = HookRequest.model_validate(chart_request(entry["id"], read(PATIENTS / entry["file"])))
+    service = build_registry(knowledge, clock=Clock()).get("mkopper-patient-view")
+    request = HookRequest.model_validate(chart_request(entry["id"], loaded(entry["id"])))
     service.check_request(request)
     evaluation = service.evaluate(request, resolve(service, request))
     assert sorted(item.finding for item in evaluation.issued) == sorted(entry["expectedCards"])
+
+
+def test_the_laboratory_case_needs_the_samples_dated_as_of_loading(knowledge: Any) -> None:
+    # The positive PCR as written in the file is older than the lookback window on the test
+    # clock: loaded undated, the patient confirmed by the laboratory alone would show nothing.
+    from cds_hooks.facts import Sources, derive_facts
+
+    def status(bundle: dict[str, Any]) -> str:
+        found = resources(bundle)
+        observations = [r for r in found if r["resourceType"] == "Observation"]
+        return derive_facts(knowledge, Sources(observations=observations, now=START)).status.label
+
+    assert status(read(PATIENTS / "mk-confirmed-lab-only.json")) == "none"
+    assert status(loaded("mk-confirmed-lab-only")) == "confirmed"
 
 
 # --- loading into a FHIR server ---------------------------------------------------------------

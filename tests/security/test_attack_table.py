@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 import re
-from pathlib import Path
 
+from tests.support.named_tests import defined_tests
 from tests.support.paths import ROOT
 
 
@@ -13,11 +12,6 @@ def attack_rows() -> list[str]:
     text = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
     table = text.split("## Attacks and outcomes", 1)[1].split("\n## ", 1)[0]
     return [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
-
-
-def defined_tests(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
 
 
 def test_every_row_names_an_existing_test() -> None:

@@ -232,7 +232,7 @@ def _variants(token: str) -> list[str]:
         token + "==",  # padding: not the canonical text
         token[:middle] + "!" + token[middle:],  # a character the decoder would skip
         token[:middle] + "\n" + token[middle:],
-        "AQ" + token[2:],  # another version byte
+        "B" + token[1:],  # another version byte (0x05; "AQ" kept it 0x01 and could equal the token)
         "",
         "x",
         "é" * 20,

@@ -4,6 +4,10 @@ A case is a full CDS Hooks request (prefetch as Bundles) and the normalised resp
 clinician can review without reading code. :func:`normalise` drops what changes per call (uuids)
 and keeps what matters: the finding (``source.topic.code``), indicator, summary, link URLs and
 the resource types a suggestion would create. Reused by the FHIR-data and HTTP tests.
+
+Every case is evaluated at one fixed time, :data:`NOW` (the test clock's start,
+2026-11-25T10:00:00Z): the dates in the cases are relative to it, so a laboratory result
+sits inside or outside the lookback window as the case means it to.
 """
 
 from __future__ import annotations
@@ -14,9 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.clock import START, Clock
 from tests.support.paths import TESTS
 
 CASES_DIR = TESTS / "cases"
+NOW = START  # 2026-11-25T10:00:00Z
+
+
+def golden_clock() -> Clock:
+    """The clock golden cases are evaluated with: it stands at :data:`NOW`."""
+    return Clock(NOW)
 
 
 @dataclass(frozen=True)
