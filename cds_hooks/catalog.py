@@ -3,11 +3,12 @@
 Each service declares prefetch templates asking only for what its rules read, filtered on the
 FHIR server where search allows:
 
-- ``conditions``: the patient's active Conditions *without* a code filter. Norwegian records often
-  carry m-kopper as text only, and a text-only Condition cannot be found by code search; the
-  service filters by code and text itself (cheap: raw dicts, before validation). The search
-  asks for clinical-status active, recurrence or relapse; a Condition without clinicalStatus
-  (R4 allows this outside the problem list) is only seen when the EHR sends it in prefetch.
+- ``conditions``: the patient's Conditions *without* a code or status filter. Norwegian records
+  often carry m-kopper as text only, and a text-only Condition cannot be found by code search;
+  the service filters by code and text itself (cheap: raw dicts, before validation). Every
+  clinical status is asked for: a resolved or refuted m-kopper Condition rules out an older
+  positive result, so a chart fetched by the service must hold it as a prefetch would; a
+  Condition without clinicalStatus (R4 allows this outside the problem list) is found too.
 - ``observations``: Observations with the LOINC codes of ``mkopper-laboratory-tests``.
 - ``encounter``: the hook's Encounter (care setting).
 - ``aerosolOrders``: active ServiceRequests with aerosol-generating procedure codes.
@@ -129,10 +130,10 @@ def _templates(knowledge: Knowledge) -> dict[str, str]:
     aerosol_codes = ",".join(f"{system}|{code}" for system, code in aerosol_search_codes(knowledge))
     category = f"{knowledge.codesystem_url('card-topic')}|{NOTIFICATION_CATEGORY}"
     return {
-        # No code filter: a Condition recorded as text only cannot be found by code. Large
-        # pages keep a long problem list within CDS_FHIR_MAX_PAGES.
-        CONDITIONS: "Condition?patient={{context.patientId}}"
-        "&clinical-status=active,recurrence,relapse&_count=1000",
+        # No code filter: a Condition recorded as text only cannot be found by code. No status
+        # filter: a resolved or refuted Condition rules a case out. Large pages keep a long
+        # problem list within CDS_FHIR_MAX_PAGES.
+        CONDITIONS: "Condition?patient={{context.patientId}}&_count=1000",
         OBSERVATIONS: "Observation?patient={{context.patientId}}&code=" + lab_codes,
         ENCOUNTER: "Encounter/{{context.encounterId}}",
         AEROSOL_ORDERS: "ServiceRequest?patient={{context.patientId}}&status=active&code="

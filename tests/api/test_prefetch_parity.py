@@ -26,21 +26,9 @@ from tests.support.golden import Case, golden_clock, iter_cases, normalise
 pytestmark = pytest.mark.fhir_server
 
 CASES = list(iter_cases())
-# Known gap (docs/clinical-safety.md, H4): the conditions template asks for active Conditions
-# only, so a fetched chart misses a resolved or refuted m-kopper Condition, and an older positive
-# result makes a case again. Strict: these fail the suite once the gap is closed.
-RULED_OUT_NOT_FETCHED = pytest.mark.xfail(
-    strict=True,
-    reason="the conditions template fetches active Conditions only (clinical-safety.md H4)",
-)
-KNOWN_GAPS = {
-    "mkopper-patient-view/refuted-after-older-positive",
-    "mkopper-encounter-discharge/resolved-after-older-positive",
-}
-PARITY_CASES = [
-    pytest.param(case, id=case.id, marks=[RULED_OUT_NOT_FETCHED] if case.id in KNOWN_GAPS else [])
-    for case in CASES
-]
+# A resolved or refuted m-kopper Condition is fetched like any other (the conditions template
+# has no status filter), so these cases hold when fetched too (docs/clinical-safety.md, H4).
+PARITY_CASES = [pytest.param(case, id=case.id) for case in CASES]
 TOKEN = "parity-token"
 BUDGET_MS = 5000  # generous: this test is about equal answers, the fault tests about time
 
