@@ -42,6 +42,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from functools import lru_cache
 from typing import Any
 
 from cds_hooks.fhir import InvalidResource, check_resource
@@ -308,13 +309,17 @@ def _of_type(resources: Iterable[Any], resource_type: str) -> list[dict[str, Any
 # --- Conditions ----------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=8)
+def _icd_parts(codes: frozenset[tuple[str, str]]) -> tuple[frozenset[str], frozenset[str]]:
+    """The ICD-like systems of a ValueSet and their codes (once per ValueSet, not per call)."""
+    systems = frozenset(system for system, code in codes if _ICD_SUBDIVISION.match(code))
+    return systems, frozenset(code for system, code in codes if system in systems)
+
+
 def names_mkopper(knowledge: Knowledge, concept: Any) -> bool:
     """Does this CodeableConcept mean m-kopper (code, local ICD-10 subdivision, or text)?"""
     diagnosis = knowledge.valueset("mkopper-diagnosis")
-    icd_systems = {
-        system for system, code in diagnosis.codes if _ICD_SUBDIVISION.match(code) is not None
-    }
-    icd_codes = {code for system, code in diagnosis.codes if system in icd_systems}
+    icd_systems, icd_codes = _icd_parts(diagnosis.codes)
     codings = _codings(concept)
     texts = [display for _, _, display in codings if display]
     if isinstance(concept, dict) and isinstance(concept.get("text"), str):
