@@ -343,22 +343,18 @@ SERVICES: tuple[Declaration, ...] = (
         wanted=_fixed({PLAN_OUTPATIENT_CONSULTATION, STAFF_IN_VULNERABLE_GROUPS}),
         required_context=("patientId", "appointments"),
     ),
-    Declaration(
-        "mkopper-order-select",
-        "order-select",
-        (*_STATUS_KEYS, NOTIFICATIONS),
-        wanted=_order_findings,
-        required_context=("patientId", "draftOrders"),
-        orders_from="draftOrders",
-        selections=True,
-    ),
-    Declaration(
-        "mkopper-order-sign",
-        "order-sign",
-        (*_STATUS_KEYS, NOTIFICATIONS),
-        wanted=_order_findings,
-        required_context=("patientId", "draftOrders"),
-        orders_from="draftOrders",
+    *(
+        Declaration(
+            f"mkopper-{hook}",
+            hook,
+            (*_STATUS_KEYS, NOTIFICATIONS),
+            wanted=_order_findings,
+            required_context=("patientId", "draftOrders"),
+            orders_from="draftOrders",
+            # order-select is about the orders just selected; order-sign about every draft.
+            selections=hook == "order-select",
+        )
+        for hook in ("order-select", "order-sign")
     ),
     Declaration(
         "mkopper-encounter-discharge",

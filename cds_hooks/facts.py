@@ -507,25 +507,24 @@ def aerosol_search_codes(knowledge: Knowledge) -> list[tuple[str, str]]:
     return sorted({pair for valueset in sets for pair in valueset.codes})
 
 
-def _is_aerosol_generating(knowledge: Knowledge, order: dict[str, Any]) -> bool:
-    code = order.get("code")
+def _aerosol_code(knowledge: Knowledge, resource: dict[str, Any], devices: str) -> bool:
+    """An aerosol-generating procedure by code; oxygen by nasal cannula only as high flow
+    (TERMINOLOGY.md), with the device named under ``devices`` (a list of CodeableConcepts)."""
+    code = resource.get("code")
     if any(_concept_in(code, valueset) for valueset in _aerosol_valuesets(knowledge)):
         return True
-    # Oxygen by nasal cannula is aerosol-generating only as high flow (TERMINOLOGY.md).
     if _concept_in(code, knowledge.valueset("nasal-oxygen")):
         device = knowledge.valueset("high-flow-oxygen-device")
-        return any(_concept_in(detail, device) for detail in _list(order.get("orderDetail")))
+        return any(_concept_in(used, device) for used in _list(resource.get(devices)))
     return False
+
+
+def _is_aerosol_generating(knowledge: Knowledge, order: dict[str, Any]) -> bool:
+    return _aerosol_code(knowledge, order, "orderDetail")
 
 
 def _is_aerosol_procedure(knowledge: Knowledge, procedure: dict[str, Any]) -> bool:
-    code = procedure.get("code")
-    if any(_concept_in(code, valueset) for valueset in _aerosol_valuesets(knowledge)):
-        return True
-    if _concept_in(code, knowledge.valueset("nasal-oxygen")):
-        device = knowledge.valueset("high-flow-oxygen-device")
-        return any(_concept_in(used, device) for used in _list(procedure.get("usedCode")))
-    return False
+    return _aerosol_code(knowledge, procedure, "usedCode")
 
 
 def _procedure_end(procedure: dict[str, Any]) -> dt.datetime | None:
