@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Request
+from flask.sessions import SecureCookieSessionInterface
 from flask_cors import CORS
 
 from cds_hooks.catalog import build_registry
@@ -27,6 +28,13 @@ from plugin.smart import views as smart
 from plugin.storage import suppression
 from plugin.storage.store import Clock, Store, create_db_engine, migrate, utcnow
 from plugin.storage.suppression import Policy, policy_from_knowledge
+
+
+class _NoCookieSession(SecureCookieSessionInterface):
+    """Opens no cookie session; ``flask.session`` is then Flask's null session (never saved)."""
+
+    def open_session(self, app: Flask, request: Request) -> None:
+        return None
 
 
 def create_app(
@@ -49,6 +57,9 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings["CDS_MAX_BODY_BYTES"]
     app.config["SECRET_KEY"] = settings["CDS_SECRET_KEY"] or secrets.token_hex(32)
     app.json = JSONProvider(app)  # orjson for jsonify; keys in the order given
+    # No state lives in Flask's cookie session (the SMART page and the dashboard keep theirs
+    # server-side), so none is opened: a call no longer builds a cookie signer for nothing.
+    app.session_interface = _NoCookieSession()
     level = logging.getLevelName(str(settings["CDS_LOG_LEVEL"]).upper())
     logging.getLogger().setLevel(level)
     # urllib3 logs each request line at DEBUG, and a FHIR query names the patient.

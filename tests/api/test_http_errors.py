@@ -156,3 +156,17 @@ def test_context_id_of_wrong_type_is_400(client: FlaskClient, value: Any) -> Non
     )
     error = assert_error_shape(response, 400, "invalid-request")
     assert error["details"] == [{"path": "context.patientId", "problem": "must be a string"}]
+
+
+def test_no_cookie_session_is_opened_or_set(client: FlaskClient) -> None:
+    # No state lives in Flask's cookie session: a call gets the null session and no cookie,
+    # even when the caller sends one.
+    from flask import session
+    from flask.sessions import NullSession
+
+    client.set_cookie("session", "eyJ4IjoxfQ.forged.cookie")
+    with client:
+        response = client.post("/cds-services/test-view", json=request_body())
+        assert isinstance(session, NullSession)
+    assert response.status_code == 200
+    assert "Set-Cookie" not in response.headers
