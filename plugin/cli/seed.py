@@ -46,6 +46,7 @@ from plugin.cli.http import (
     outcome_summary,
     send,
 )
+from plugin.storage.store import utcnow
 
 FHIR_JSON = "application/fhir+json"
 ACCESS_HINT = "Give the FHIR server's access token with --token or CDS_FHIR_TOKEN."
@@ -144,10 +145,6 @@ def _day(value: str) -> dt.date:
         return dt.date.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def load_patients(only: Sequence[str] | None = None) -> list[SyntheticPatient]:

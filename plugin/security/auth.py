@@ -30,6 +30,7 @@ from cds_hooks.errors import Unauthorized
 from plugin.config import as_bool, as_int, as_list
 from plugin.security.jwks import Jwk, KeySetCache, TrustedClient, load_trusted_clients
 from plugin.security.network import from_loopback
+from plugin.storage.store import Clock, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,6 @@ MAX_TOKEN_CHARS = 16 * 1024
 MAX_JTI_CHARS = 255
 
 RememberJti = Callable[[str, datetime], bool]
-Clock = Callable[[], datetime]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +104,7 @@ class Authenticator:
         clients: Mapping[str, TrustedClient],
         algorithms: frozenset[str],
         key_sets: KeySetCache,
-        clock: Clock = _utcnow,
+        clock: Clock = utcnow,
     ):
         self.clients = clients
         self.algorithms = algorithms
