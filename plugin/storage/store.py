@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -139,6 +140,9 @@ def _feedback_row(service_id: str, joined: Joined, now: datetime) -> dict[str, A
 
 
 DEFAULT_RETENTION = timedelta(days=90)
+# Remembered JWT ids live minutes (a token's lifetime and the clock leeway); deleting the
+# expired ones once a minute keeps the table that small without a delete on every call.
+JTI_PURGE_INTERVAL = timedelta(minutes=1)
 
 
 class Store:
@@ -148,6 +152,7 @@ class Store:
         self.engine = engine
         self.clock = clock
         self.retention = retention
+        self._jti_purged_at: datetime | None = None
 
     def ping(self) -> None:
         try:
@@ -269,15 +274,33 @@ class Store:
         ]
 
     def remember_jti(self, key: str, expires_at: datetime) -> bool:
-        """Record a JWT id; False when it was already seen and has not expired."""
+        """Record a JWT id; False when it was already seen and has not expired.
+
+        One statement on the call's path: an insert that does nothing when the id is known
+        (then, only a row already past its expiry may be taken over). Expired ids are deleted
+        at most once per :data:`JTI_PURGE_INTERVAL` per process, not on every call."""
         key_hash = hashlib.sha256(key.encode("utf-8")).hexdigest()
         now = self.clock()
         try:
             with self.engine.begin() as conn:
-                conn.execute(jwt_replay.delete().where(jwt_replay.c.expires_at < now))
-                conn.execute(jwt_replay.insert().values(key_hash=key_hash, expires_at=expires_at))
-            return True
-        except IntegrityError:
-            return False
+                if self._jti_purged_at is None or now - self._jti_purged_at >= JTI_PURGE_INTERVAL:
+                    conn.execute(jwt_replay.delete().where(jwt_replay.c.expires_at < now))
+                    self._jti_purged_at = now
+                insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+                added = conn.execute(
+                    insert(jwt_replay)
+                    .values(key_hash=key_hash, expires_at=expires_at)
+                    .on_conflict_do_nothing(index_elements=["key_hash"])
+                    .returning(jwt_replay.c.key_hash)  # a row back: inserted (rowcount is -1)
+                ).first()
+                if added is not None:
+                    return True
+                # Known: a replay, unless its row outlived its expiry and was not purged yet.
+                taken_over = conn.execute(
+                    jwt_replay.update()
+                    .where(jwt_replay.c.key_hash == key_hash, jwt_replay.c.expires_at < now)
+                    .values(expires_at=expires_at)
+                ).rowcount
+                return bool(taken_over)
         except SQLAlchemyError as exc:
             raise StorageError() from exc
