@@ -8,6 +8,7 @@ The headers' contents are not trusted either way: the service never needs the re
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 from flask import Request
 
@@ -20,6 +21,12 @@ def is_loopback(host: str | None) -> bool:
     """A host name or address (IPv4, IPv6, with or without brackets) on this machine."""
     if not host:
         return False
+    return _is_loopback(host)
+
+
+@lru_cache(maxsize=1024)
+def _is_loopback(host: str) -> bool:
+    # Once per distinct peer address (a few: the EHR's hosts, the proxy), not once per call.
     host = host.strip("[]").lower()
     if host in LOOPBACK_HOSTS:
         return True
