@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -55,7 +54,6 @@ def create_app(
     app = Flask(__name__)
     app.config.update(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings["CDS_MAX_BODY_BYTES"]
-    app.config["SECRET_KEY"] = settings["CDS_SECRET_KEY"] or secrets.token_hex(32)
     app.json = JSONProvider(app)  # orjson for jsonify; keys in the order given
     # No state lives in Flask's cookie session (the SMART page and the dashboard keep theirs
     # server-side), so none is opened: a call no longer builds a cookie signer for nothing.

@@ -186,12 +186,6 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("CDS_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR)."),
     Setting(
-        "CDS_SECRET_KEY",
-        "",
-        "Secret for signing session cookies (SMART page, admin). "
-        "Empty: a random key per start (sessions end at restart).",
-    ),
-    Setting(
         "CDS_PATIENT_HASH_SECRET",
         "",
         "Secret for the keyed hash (HMAC-SHA256) of "
