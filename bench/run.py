@@ -11,9 +11,13 @@ wrk at 16 connections (throughput, p50 and p99) these scenarios:
 - ``cards``: patient-view for a typical suspected case, all prefetch in the request: the call
   answers cards;
 - ``fetch``: the same patient without prefetch, fetched from the FHIR server on loopback;
-- ``large``: patient-view with prefetch for the large synthetic record (780 Conditions).
+- ``large``: patient-view with prefetch for the large synthetic record (780 Conditions);
+- ``signed``: the ``cards`` call as production makes it, each call with its own ES384-signed
+  JWT (a pinned key set in ``CDS_TRUSTED_CLIENTS``): signature check and one replay-cache
+  insert per call. The tokens are made before the figure, a little more than it can use.
 
-The scenarios run in rounds, interleaved (reference, nocard, cards, fetch, large, then again),
+The scenarios run in rounds, interleaved (reference, nocard, cards, signed, fetch, large, then
+again),
 so a change in the machine's load between rounds moves all five alike; each round's figures
 are also taken as ratios to that round's reference, and the table shows the medians over the
 rounds (``--rounds``, 3 by default). CPU per call is the CPU time the server's processes (the
@@ -57,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 from bench.rate import constant_rate  # noqa: E402 - after the path is set
 from plugin.cli.serve import DEFAULT_THREADS  # noqa: E402 - the service's own default
 from tests.support.fhirserver import FhirTestServer, server_available  # noqa: E402
+from tests.support.jwt_keys import ISSUER, ec_key, write_trusted_clients  # noqa: E402
 
 PATIENTS = ROOT / "fhir_profiles" / "patients"
 LUA = Path(__file__).resolve().parent / "post.lua"
@@ -65,9 +70,14 @@ TYPICAL = "mk-suspected-emergency-respiratory"
 LARGE = "mk-large-record"
 NO_CARD = "mk-control"
 # What each scenario must answer, so that it measures what its name says.
-CARDS_EXPECTED = {"nocard": False, "cards": True, "fetch": True, "large": True}
-# The order of the scenarios within each round.
-SCENARIOS = ("reference", "nocard", "cards", "fetch", "large")
+CARDS_EXPECTED = {"nocard": False, "cards": True, "signed": True, "fetch": True, "large": True}
+# The order of the scenarios within each round ("signed" right after "cards": its tokens are
+# counted from the rate "cards" reached).
+SCENARIOS = ("reference", "nocard", "cards", "signed", "fetch", "large")
+# Signed tokens made per figure: this many times what "cards" answered in as long, and a floor.
+TOKEN_HEADROOM = 1.4
+MIN_TOKENS = 2000
+SIGNING_KEY = ec_key("bench-es384", "ES384")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT_S = 60.0
 
@@ -102,10 +112,14 @@ def free_port() -> int:
         return port
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+def http_json(
+    method: str, url: str, body: Any = None, timeout: float = 30, token: str | None = None
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - loopback
     req.add_header("Content-Type", "application/json")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
     req.add_header("Accept", "application/fhir+json, application/json")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
@@ -194,6 +208,9 @@ def start_service(tmp: Path, fhir_base: str, args: argparse.Namespace) -> Proces
     env.update(
         CDS_DATA_DIR=str(tmp / "service"),
         CDS_ALLOW_UNSIGNED="1",
+        CDS_TRUSTED_CLIENTS=str(
+            write_trusted_clients(tmp, [{"iss": ISSUER, "jwks": SIGNING_KEY.jwks()}])
+        ),
         CDS_ALLOWED_FHIR_SERVERS=fhir_base,
         CDS_LOG_LEVEL=args.log_level,
     )
@@ -323,8 +340,12 @@ def pick_service(base: str, wanted: str | None) -> dict[str, Any]:
     return service
 
 
-def run_wrk(url: str, body_file: Path, duration_s: int, connections: int) -> dict[str, Any]:
+def run_wrk(
+    url: str, body_file: Path, duration_s: int, connections: int, tokens: Path | None = None
+) -> dict[str, Any]:
     env = dict(os.environ, BENCH_BODY=str(body_file))
+    if tokens is not None:
+        env.update(BENCH_TOKENS=str(tokens), BENCH_THREADS="2")
     out = subprocess.run(  # noqa: S603 - wrk from PATH, fixed arguments
         [
             shutil.which("wrk") or "/usr/bin/wrk",
@@ -359,6 +380,15 @@ class Scenario:
     body: bytes
     body_file: Path
     server: Process
+    signed: bool = False  # each call with its own JWT (see make_tokens)
+
+
+def make_tokens(url: str, count: int, path: Path) -> Path:
+    """``count`` fresh JWTs for ``url``, one per line (each is good for one call)."""
+    now = time.time()
+    lines = (SIGNING_KEY.token(url, now=now) for _ in range(count))
+    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+    return path
 
 
 def prepare(name: str, url: str, body: dict[str, Any], server: Process, out: Path) -> Scenario:
@@ -367,22 +397,34 @@ def prepare(name: str, url: str, body: dict[str, Any], server: Process, out: Pat
     body_file.parent.mkdir(parents=True, exist_ok=True)
     raw = json.dumps(body).encode()
     body_file.write_bytes(raw)
-    status, answer = http_json("POST", url, body)
+    signed = name == "signed"
+    token = SIGNING_KEY.token(url, now=time.time()) if signed else None
+    status, answer = http_json("POST", url, body, token=token)
     if status != 200:
         raise ScenarioError(f"{name}: the call answered {status}: {json.dumps(answer)[:500]}")
     wanted = CARDS_EXPECTED.get(name)
     if wanted is not None and bool(answer.get("cards")) != wanted:
         raise ScenarioError(f"{name}: expected {'cards' if wanted else 'no card'}, got {answer}")
-    return Scenario(name, url, raw, body_file, server)
+    return Scenario(name, url, raw, body_file, server, signed=signed)
 
 
-def measure(scenario: Scenario, args: argparse.Namespace, warm_up: bool) -> Figure:
-    """Peak with wrk at ``args.connections``; an error is reported, the others still run."""
+def measure(
+    scenario: Scenario, args: argparse.Namespace, warm_up: bool, rate_hint: float = 0.0
+) -> Figure:
+    """Peak with wrk at ``args.connections``; an error is reported, the others still run.
+    ``rate_hint``: the calls per second a signed scenario may reach (its tokens are counted
+    from it)."""
     try:
+        tokens = scenario.body_file.with_suffix(".tokens") if scenario.signed else None
+        count = max(MIN_TOKENS, int(TOKEN_HEADROOM * rate_hint * (args.duration + 1)))
         if warm_up:  # caches, lazy imports, connections
-            run_wrk(scenario.url, scenario.body_file, 1, args.connections)
+            if tokens is not None:
+                make_tokens(scenario.url, count, tokens)
+            run_wrk(scenario.url, scenario.body_file, 1, args.connections, tokens)
+        if tokens is not None:
+            make_tokens(scenario.url, count, tokens)
         cpu_before = scenario.server.cpu_s()
-        peak = run_wrk(scenario.url, scenario.body_file, args.duration, args.connections)
+        peak = run_wrk(scenario.url, scenario.body_file, args.duration, args.connections, tokens)
         cpu = scenario.server.cpu_s() - cpu_before
     except (ScenarioError, subprocess.CalledProcessError, RuntimeError) as exc:
         print(f"  {scenario.name:10s} FAILED: {exc}", flush=True)
@@ -538,6 +580,7 @@ def bench_config(args: argparse.Namespace, fhir: FhirTestServer, tmp: Path) -> d
             "reference": (ref_url, hook_body(typical, fhir, prefetch, True), reference),
             "nocard": (url, hook_body(patient_context(NO_CARD), fhir, prefetch, True), service),
             "cards": (url, hook_body(typical, fhir, prefetch, True), service),
+            "signed": (url, hook_body(typical, fhir, prefetch, True), service),
             "fetch": (url, hook_body(typical, fhir, prefetch, False), service),
             "large": (url, hook_body(patient_context(LARGE), fhir, prefetch, True), service),
         }
@@ -553,10 +596,13 @@ def bench_config(args: argparse.Namespace, fhir: FhirTestServer, tmp: Path) -> d
         for number in range(args.rounds):
             load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
             print(f" round {number + 1} of {args.rounds} (load average {load})", flush=True)
-            figures = [
-                item if isinstance(item, Figure) else measure(item, args, warm_up=number == 0)
-                for item in scenarios
-            ]
+            figures: list[Figure] = []
+            for item in scenarios:
+                if isinstance(item, Figure):
+                    figures.append(item)
+                    continue
+                cards_rate = next((f.rps for f in figures if f.scenario == "cards"), 0.0)
+                figures.append(measure(item, args, warm_up=number == 0, rate_hint=cards_rate))
             if args.half_rate:
                 cards = next((f for f in figures if f.scenario == "cards"), None)
                 for item, fig in zip(scenarios, figures, strict=True):
