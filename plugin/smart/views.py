@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -300,7 +300,7 @@ def launch() -> BaseResponse:
     config = smart_configuration(iss)
     # A launch value opens one session: a replayed launch URL is refused even within its
     # lifetime. The JWT replay cache (in the database) serves all workers.
-    expires = datetime.now(UTC) + timedelta(seconds=LAUNCH_TTL_SECONDS)
+    expires = get_store().clock() + timedelta(seconds=LAUNCH_TTL_SECONDS)
     if not get_store().remember_jti(f"smart-launch\n{iss}\n{launch_id}", expires):
         raise SmartProblem("launch-invalid", 400, "launch value already used")
     return authorize_redirect(iss, config, requested_scopes(), {"launch": launch_id})

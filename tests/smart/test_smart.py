@@ -21,6 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from plugin.smart import render as smart_render
+from plugin.smart.views import LAUNCH_TTL_SECONDS
 from plugin.storage.schema import smart_sessions
 from tests.support import fhirserver
 from tests.support.clock import START, Clock
@@ -193,6 +194,23 @@ def test_launch_value_is_single_use(smart_app: Flask, ehr: SmartEhr) -> None:
     again = client.get("/smart/launch", query_string=query)
     assert again.status_code == 400
     assert problem(again) == "launch-invalid"
+
+
+def test_a_launch_value_is_remembered_for_its_lifetime_on_the_apps_clock(
+    make_app: Any, ehr: SmartEhr
+) -> None:
+    clock = Clock()
+    app = make_app(
+        CDS_REGISTRY=fake_registry(), CDS_ALLOWED_FHIR_SERVERS=ehr.fhir_base, CDS_CLOCK=clock
+    )
+    client = app.test_client()
+    query = {"iss": ehr.fhir_base, "launch": "ten-minutes"}
+    assert client.get("/smart/launch", query_string=query).status_code == 302
+    clock.now = START + timedelta(seconds=LAUNCH_TTL_SECONDS - 1)
+    assert problem(client.get("/smart/launch", query_string=query)) == "launch-invalid"
+    # Past its lifetime the EHR would refuse the value itself; the service no longer holds it.
+    clock.now = START + timedelta(seconds=LAUNCH_TTL_SECONDS + 1)
+    assert client.get("/smart/launch", query_string=query).status_code == 302
 
 
 def test_unreachable_smart_configuration_is_fhir_unavailable(make_app: Any) -> None:
