@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
-from cds_hooks.errors import InvalidRequest, UnsupportedMediaType
+from cds_hooks.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from cds_hooks.fhir import ClientLimits
 from cds_hooks.models import CdsResponse, Discovery, Feedback, HookRequest
 from cds_hooks.services import ServiceRegistry
 from plugin.api import metrics
@@ -53,6 +54,10 @@ def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
 # JSON may escape a lone UTF-16 surrogate ("\\ud800"): valid JSON, but not text that can be
 # encoded again (ids are hashed and put into URLs). Only a body with such an escape is walked.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# JSON objects and arrays in one request body, counted before it is parsed, as for a FHIR
+# server's answer: each costs memory and time to build (5 MB of `{}` is almost two million of
+# them), and real bodies hold about 20 per kB (the large record: 17,000 in 900 kB).
+MAX_BODY_CONTAINERS = ClientLimits().max_containers
 
 
 def _has_lone_surrogate(value: Any) -> bool:
@@ -74,6 +79,10 @@ def parse_body(model: type[ModelT]) -> ModelT:
     if not request.mimetype or request.mimetype != "application/json":
         raise UnsupportedMediaType()
     raw = request.get_data(cache=False)
+    if raw.count(b"{") + raw.count(b"[") > MAX_BODY_CONTAINERS:
+        raise PayloadTooLarge(
+            f"The body holds more than {MAX_BODY_CONTAINERS:,} JSON objects and arrays."
+        )
     try:
         # Strict UTF-8 (RFC 8259): json.loads on bytes would decode with "surrogatepass" and let
         # an encoded lone surrogate (b"\xed\xa0\x80") through as text. loads_strict is

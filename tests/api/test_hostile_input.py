@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from cds_hooks.services import CdsService
 from plugin import create_app
+from plugin.api.views import MAX_BODY_CONTAINERS
 from tests.support.fhir import searchset
 from tests.support.security_requests import all_requests, hook_request, patients
 
@@ -332,6 +333,26 @@ def test_body_limit_follows_the_setting(
         f"/cds-services/{service_id}", data=padded(body, 20_000), content_type="application/json"
     )
     assert response.status_code == 413
+
+
+def test_a_body_of_more_containers_than_are_read_is_413_before_parsing(
+    client: FlaskClient, a_request: tuple[str, dict[str, Any]]
+) -> None:
+    # 250,001 empty objects: 750 kB, well within the byte limit, 15 times the large record's
+    # objects and arrays.
+    service_id, body = a_request
+    url = f"/cds-services/{service_id}"
+    flood = dict(body, context=dict(body["context"], flood=[{}] * (MAX_BODY_CONTAINERS + 1)))
+    raw = json.dumps(flood, separators=(",", ":")).encode()
+    assert len(raw) < 5 * 1024 * 1024 // 4
+    over = client.post(url, data=raw, content_type="application/json")
+    assert over.status_code == 413
+    assert over.get_json()["error"]["code"] == "payload-too-large"
+    assert "250,000 JSON objects and arrays" in over.get_json()["error"]["message"]
+    # Well within the cap (the request's own objects and arrays besides): read as before.
+    within = dict(body, context=dict(body["context"], flood=[{}] * (MAX_BODY_CONTAINERS - 1000)))
+    answer = client.post(url, data=json.dumps(within).encode(), content_type="application/json")
+    assert answer.status_code == 200
 
 
 @pytest.mark.parametrize("depth", [100, 900, 1000, 5000, 100_000, 1_000_000])
