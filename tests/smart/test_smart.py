@@ -197,13 +197,9 @@ def test_launch_value_is_single_use(smart_app: Flask, ehr: SmartEhr) -> None:
 
 
 def test_a_launch_value_is_remembered_for_its_lifetime_on_the_apps_clock(
-    make_app: Any, ehr: SmartEhr
+    clocked_smart_app: Flask, ehr: SmartEhr, clock: Clock
 ) -> None:
-    clock = Clock()
-    app = make_app(
-        CDS_REGISTRY=fake_registry(), CDS_ALLOWED_FHIR_SERVERS=ehr.fhir_base, CDS_CLOCK=clock
-    )
-    client = app.test_client()
+    client = clocked_smart_app.test_client()
     query = {"iss": ehr.fhir_base, "launch": "ten-minutes"}
     assert client.get("/smart/launch", query_string=query).status_code == 302
     clock.now = START + timedelta(seconds=LAUNCH_TTL_SECONDS - 1)

@@ -136,12 +136,9 @@ def _rows(app: Flask) -> int:
 
 
 def test_launches_are_rate_limited_per_address_without_rows_or_calls(
-    make_app: Any, ehr: SmartEhr
+    clocked_smart_app: Flask, ehr: SmartEhr, clock: Clock
 ) -> None:
-    clock = Clock()
-    app = make_app(
-        CDS_REGISTRY=fake_registry(), CDS_ALLOWED_FHIR_SERVERS=ehr.fhir_base, CDS_CLOCK=clock
-    )
+    app = clocked_smart_app
     client = app.test_client()
     limit = app.extensions["smart_launch_limit"].limit
     for n in range(limit):
