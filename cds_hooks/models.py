@@ -31,12 +31,22 @@ SUMMARY_MAX = 140  # "<140 characters" in the spec
 
 
 def _prune(value: Any) -> Any:
-    """Drop None and empty containers recursively (the spec forbids both)."""
+    """Drop None and empty containers recursively (the spec forbids both); items of a list
+    are pruned, never dropped."""
     if isinstance(value, dict):
-        pruned = {k: _prune(v) for k, v in value.items()}
-        return {k: v for k, v in pruned.items() if v is not None and v != [] and v != {}}
+        pruned = {}
+        # Only containers are walked: a call per text was most of a card's wire time.
+        for k, v in value.items():
+            if isinstance(v, dict | list):
+                v = _prune(v)
+                if not v:
+                    continue
+            elif v is None:
+                continue
+            pruned[k] = v
+        return pruned
     if isinstance(value, list):
-        return [_prune(v) for v in value]
+        return [_prune(v) if isinstance(v, dict | list) else v for v in value]
     return value
 
 
