@@ -6,6 +6,11 @@ urgency (indicator, then the content's priority). Under the card cap, :class:`Ca
 a card whose content names ``merge_when_cut`` into the first of those cards still shown rather
 than cut it, and re-renders that card; what cannot be folded is cut and named. Every rendering
 makes fresh uuids, so feedback can be joined to the very card shown.
+
+What a card says apart from the call (its texts, source, links, override reasons) is made and
+validated once per content object, group of findings and language (a template); a call fills
+in the uuids, the evidence line and the notification's Communication, and the wire form comes
+from the template's (:class:`~cds_hooks.models.WireTemplate`).
 """
 
 from __future__ import annotations
@@ -13,13 +18,23 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from cds_hooks.facts import NOTIFICATION_CATEGORY, Status
-from cds_hooks.knowledge import FindingContent, Knowledge, Language
-from cds_hooks.models import URGENCY, Action, Card, Coding, Link, Source, Suggestion
+from cds_hooks.facts import NOTIFICATION_CATEGORY, Basis, Status
+from cds_hooks.knowledge import Content, FindingContent, Knowledge, Language
+from cds_hooks.models import (
+    URGENCY,
+    Action,
+    Card,
+    Coding,
+    Link,
+    Source,
+    Suggestion,
+    WireTemplate,
+)
 from cds_hooks.rules import NOTIFY_MUNICIPAL_DOCTOR, Finding
 from cds_hooks.services import Fitted, IssuedCard, cut_to
 
@@ -117,8 +132,25 @@ def notification_record(
 
 def _basis_line(knowledge: Knowledge, finding: Finding, language: Language) -> str | None:
     """ "Grunnlag: prøvesvar påvist 24.11.2026 (bekreftet)": kind and date, never a name or id."""
-    evidence, basis = knowledge.content.evidence, finding.basis
-    if evidence is None or basis is None:
+    basis = finding.basis
+    if basis is None:
+        return None
+    lines = _made(knowledge.content).basis_lines
+    key = (language, basis)
+    try:
+        return lines[key]
+    except KeyError:
+        pass
+    line = _make_basis_line(knowledge, basis, language)
+    if len(lines) >= _MAX_BASIS_LINES:
+        lines.clear()
+    lines[key] = line
+    return line
+
+
+def _make_basis_line(knowledge: Knowledge, basis: Basis, language: Language) -> str | None:
+    evidence = knowledge.content.evidence
+    if evidence is None:
         return None
     template = {
         "laboratory": evidence.laboratory,
@@ -133,9 +165,64 @@ def _basis_line(knowledge: Knowledge, finding: Finding, language: Language) -> s
     return evidence.line.get(language).format(basis=text)
 
 
-def _card(
-    knowledge: Knowledge, group: Sequence[Finding], context: RenderContext, language: Language
-) -> Card:
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """What a card of one group of findings says in one language, whatever the call: the card
+    validated once, and its detail without the evidence line, which goes between the two."""
+
+    card: WireTemplate[Card]
+    detail_head: str
+    detail_tail: str
+    # The notification's suggestion and action, validated with a stand-in resource: the uuid
+    # and the Communication (encounter, time, sender, evidence) are the call's.
+    suggestion: WireTemplate[Suggestion] | None = None
+    action: WireTemplate[Action] | None = None
+
+
+# A group of findings by what its text depends on: each finding's key and variant, in order.
+_TemplateKey = tuple[Language, tuple[tuple[str, str | None], ...]]
+
+
+@dataclass(slots=True)
+class _Made:
+    """What one content object gives, made once: card templates and evidence lines."""
+
+    templates: dict[_TemplateKey, _Template] = field(default_factory=dict)
+    basis_lines: dict[tuple[Language, Basis], str | None] = field(default_factory=dict)
+
+
+# Per content object, and gone with it: a content loaded again or changed (a new object) gets
+# its own, never text made from another. The groups are bounded by the content (hosts, what
+# merges into them, variants) and the evidence lines by kind, status and date; the caps are a
+# backstop.
+_MADE: dict[int, _Made] = {}
+_MAX_TEMPLATES = 1024
+_MAX_BASIS_LINES = 4096
+
+
+def _made(content: Content) -> _Made:
+    key = id(content)
+    made = _MADE.get(key)
+    if made is None:
+        made = _MADE[key] = _Made()
+        weakref.finalize(content, _MADE.pop, key, None)
+    return made
+
+
+def _template(knowledge: Knowledge, group: Sequence[Finding], language: Language) -> _Template:
+    templates = _made(knowledge.content).templates
+    key: _TemplateKey = (language, tuple((f.key, f.variant) for f in group))
+    template = templates.get(key)
+    if template is None:
+        template = _build_template(knowledge, group, language)
+        if len(templates) < _MAX_TEMPLATES:
+            templates[key] = template
+    return template
+
+
+def _build_template(
+    knowledge: Knowledge, group: Sequence[Finding], language: Language
+) -> _Template:
     content = knowledge.content
     host = group[0]
     host_content = content.findings[host.key]
@@ -150,11 +237,8 @@ def _card(
         text = (variant or part).detail.get(language)
         # A merged part is headed by its topic, so that the card still reads as sections.
         details.append(text if finding is host else f"**{part.topic.get(language)}**\n\n{text}")
-    detail = "\n\n".join(details)
-    basis = _basis_line(knowledge, host, language)
-    if basis:
-        detail = f"{detail}\n\n{basis}"
-    detail = f"{detail}\n\n---\n\n_{_footer(knowledge, sections, language)}_"
+    detail_head = "\n\n".join(details)
+    detail_tail = f"\n\n---\n\n_{_footer(knowledge, sections, language)}_"
 
     links: dict[str, Link] = {}
     for part in parts:
@@ -166,28 +250,33 @@ def _card(
     reasons = list(dict.fromkeys(reason for part in parts for reason in part.override_reasons))
     reason_system = knowledge.codesystem_url("override-reason")
 
-    suggestions: list[Suggestion] | None = None
+    suggestion: WireTemplate[Suggestion] | None = None
+    action: WireTemplate[Action] | None = None
     if host.key == NOTIFY_MUNICIPAL_DOCTOR:
         record = content.notification_record
-        suggestions = [
+        action = WireTemplate(
+            Action(
+                type="create",
+                description=record.description.get(language),
+                resource={"resourceType": "Communication"},
+            ),
+            filled=("resource",),
+        )
+        suggestion = WireTemplate(
             Suggestion(
                 label=record.label.get(language),
-                uuid=str(uuid.uuid4()),
+                uuid=None,
                 isRecommended=True,
-                actions=[
-                    Action(
-                        type="create",
-                        description=record.description.get(language),
-                        resource=notification_record(knowledge, context, host.evidence, language),
-                    )
-                ],
-            )
-        ]
+                actions=[action.model],
+            ),
+            filled=("uuid", "actions"),
+            items={"actions": action},
+        )
 
-    return Card(
-        uuid=str(uuid.uuid4()),
+    card = Card(
+        uuid=None,
         summary=summary,
-        detail=detail,
+        detail=detail_head + detail_tail,
         indicator=host_content.indicator,
         source=Source.model_validate(
             {
@@ -200,8 +289,8 @@ def _card(
                 ),
             }
         ),
-        suggestions=suggestions,
-        selectionBehavior="any" if suggestions else None,
+        suggestions=[suggestion.model] if suggestion else None,
+        selectionBehavior="any" if suggestion else None,
         overrideReasons=[
             Coding(
                 system=reason_system,
@@ -213,16 +302,52 @@ def _card(
         or None,
         links=list(links.values()) or None,
     )
+    template = WireTemplate(
+        card,
+        filled=("uuid", "detail", "suggestions"),
+        items={"suggestions": suggestion} if suggestion else None,
+    )
+    return _Template(template, detail_head, detail_tail, suggestion, action)
+
+
+def _card(
+    knowledge: Knowledge, group: Sequence[Finding], context: RenderContext, language: Language
+) -> tuple[Card, WireTemplate[Card]]:
+    """The card for this group in this call: its template with a fresh uuid, the evidence
+    line and the notification's record filled in."""
+    template = _template(knowledge, group, language)
+    host = group[0]
+    basis = _basis_line(knowledge, host, language)
+    detail = (
+        f"{template.detail_head}\n\n{basis}{template.detail_tail}"
+        if basis
+        else template.detail_head + template.detail_tail
+    )
+    suggestions: list[Suggestion] | None = None
+    if template.suggestion is not None and template.action is not None:
+        resource = notification_record(knowledge, context, host.evidence, language)
+        action = template.action.fill(resource=resource)
+        suggestions = [template.suggestion.fill(uuid=str(uuid.uuid4()), actions=[action])]
+    card = template.card.fill(uuid=str(uuid.uuid4()), detail=detail, suggestions=suggestions)
+    return card, template.card
 
 
 @dataclass(frozen=True, slots=True)
 class RenderedCard(IssuedCard):
     """An issued card that remembers what it was rendered from, so that it can be rendered
-    again with more advice folded in."""
+    again with more advice folded in, and the template whose wire form it shares."""
 
     group: tuple[Finding, ...] = ()
     context: RenderContext | None = None
     language: Language = "nb"
+    template: WireTemplate[Card] | None = None
+
+    def wire(self) -> dict[str, Any]:
+        if self.template is not None:
+            data = self.template.wire(self.card)
+            if data is not None:
+                return data
+        return self.card.wire()
 
 
 def _issued(
@@ -232,13 +357,15 @@ def _issued(
     language: Language,
     merged: tuple[str, ...] = (),
 ) -> RenderedCard:
+    card, template = _card(knowledge, group, context, language)
     return RenderedCard(
-        card=_card(knowledge, group, context, language),
+        card=card,
         finding=group[0].key,
         merged=merged,
         group=tuple(group),
         context=context,
         language=language,
+        template=template,
     )
 
 

@@ -42,6 +42,10 @@ class IssuedCard:
     # Findings folded into this card besides its own (related advice merged, not repeated).
     merged: tuple[str, ...] = ()
 
+    def wire(self) -> dict[str, Any]:
+        """The card as it goes on the wire: what ``card.wire()`` gives."""
+        return self.card.wire()
+
 
 @dataclass(frozen=True, slots=True)
 class Fitted:

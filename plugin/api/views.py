@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from cds_hooks.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from cds_hooks.fhir import ClientLimits
-from cds_hooks.models import CdsResponse, Discovery, Feedback, HookRequest
+from cds_hooks.models import Discovery, Feedback, HookRequest
 from cds_hooks.services import ServiceRegistry
 from plugin.api import metrics
 from plugin.api.json_codec import loads_strict
@@ -124,10 +124,9 @@ def call_service(service_id: str) -> Response:
     g.call_log.update(hook=hook_request.hook, hookInstance=hook_request.hookInstance[:64])
     issued = get_pipeline().run(service, hook_request, caller)
     with phase("cards"):
-        answer = CdsResponse(cards=[item.card for item in issued])
-        # What answer.wire() gives (the service sends no systemActions), without its first pass
-        # over every card: each card is dumped and pruned once.
-        return jsonify({"cards": [card.wire() for card in answer.cards]})
+        # What CdsResponse(cards=...).wire() gives (the service sends no systemActions); a card
+        # rendered from a template gives its wire form from the template's, made once.
+        return jsonify({"cards": [item.wire() for item in issued]})
 
 
 @bp.post("/cds-services/<service_id>/feedback")
