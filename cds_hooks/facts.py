@@ -413,13 +413,6 @@ def _concept_names(readers: _Readers, codings: tuple[Coding, ...], text: str | N
     return True in mentions
 
 
-def _first_code(concept: Any, system: str) -> str | None:
-    for coding_system, code, _ in _codings(concept):
-        if coding_system == system and code:
-            return code
-    return None
-
-
 def _status_code(
     concept: Any, system: str, known: frozenset[str], words: dict[str, str]
 ) -> str | None:
@@ -427,9 +420,9 @@ def _status_code(
     whose code is known; else the status's text or display read by its words. Anything else is
     unknown (``None``)."""
     codings = _codings(concept)
-    code = _first_code(concept, system)
-    if code is not None:
-        return code
+    for coding_system, coding_code, _ in codings:
+        if coding_system == system and coding_code:
+            return coding_code
     for coding_system, coding_code, _ in codings:
         if coding_system is None and coding_code and coding_code.lower() in known:
             return coding_code.lower()
@@ -559,9 +552,15 @@ def _care_setting(
     status = encounter.get("status")
     if not isinstance(status, str) or status in _ENCOUNTER_VOID:
         return CareSetting.UNKNOWN, (), 0
-    concepts = _encounter_concepts(encounter)
+    # The class and type codes, read once for the six settings.
+    codes = [
+        (system, code)
+        for concept in _encounter_concepts(encounter)
+        for system, code, _ in _codings(concept)
+    ]
     for setting, name in _SETTING_VALUESETS:
-        if any(_concept_in(c, knowledge.valueset(name)) for c in concepts):
+        valueset = knowledge.valueset(name)
+        if any(valueset.contains(system, code) for system, code in codes):
             return setting, (_reference(encounter),), 0
     return CareSetting.UNKNOWN, (), 0
 
