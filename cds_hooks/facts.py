@@ -334,13 +334,22 @@ _READERS = "facts.readers"
 class _Readers:
     """The memoised readers of one Knowledge (its m-kopper diagnosis codes and matching)."""
 
-    __slots__ = ("_concept", "_text", "diagnosis", "icd_codes", "icd_systems", "matching")
+    __slots__ = (
+        "_concept",
+        "_exposure",
+        "_text",
+        "diagnosis",
+        "icd_codes",
+        "icd_systems",
+        "matching",
+    )
 
     def __init__(self, knowledge: Knowledge) -> None:
         self.matching = knowledge.content.matching
         self.diagnosis = knowledge.valueset("mkopper-diagnosis")
         self.icd_systems, self.icd_codes = _icd_parts(self.diagnosis.codes)
         self._text = lru_cache(maxsize=_MEMO_SIZE)(partial(_mention, self.matching))
+        self._exposure = lru_cache(maxsize=_MEMO_SIZE)(partial(_exposure, self.matching))
         self._concept = lru_cache(maxsize=_MEMO_SIZE)(partial(_concept_names, self))
 
     def mention(self, text: str) -> bool | None:
@@ -348,6 +357,12 @@ class _Readers:
         if len(text) > _MEMO_CHARS:
             return _mention(self.matching, text)
         return self._text(text)
+
+    def exposure(self, text: str) -> bool:
+        """:func:`_exposure` with this knowledge's matching."""
+        if len(text) > _MEMO_CHARS:
+            return _exposure(self.matching, text)
+        return self._exposure(text)
 
     def names_mkopper(self, concept: Any) -> bool:
         """:func:`names_mkopper` with this knowledge."""
@@ -697,21 +712,25 @@ class _Reading:
         return max(strongest, key=lambda b: b.date or dt.date.min)
 
 
-def _names_exposure(matching: Matching, concept: Any) -> bool:
+def _names_exposure(readers: _Readers, concept: Any) -> bool:
     """The Condition's text names m-kopper as contact or exposure ("nærkontakt med mpox")."""
-    if not matching.exposure_before:
+    if not readers.matching.exposure_before:
         return False
     texts = [display for _, _, display in _codings(concept) if display]
     if isinstance(concept, dict) and isinstance(concept.get("text"), str):
         texts.append(concept["text"])
+    return any(readers.exposure(text) for text in texts)
+
+
+def _exposure(matching: Matching, text: str) -> bool:
+    """A trigger within the window before a name of m-kopper makes the text exposure."""
     window = matching.negation_window_words
-    for text in texts:
-        normal = normalise_text(text)
-        for found in TEXT_PATTERN.finditer(normal):
-            before_text = _SCOPE_END.split(normal[: found.start()])[-1]
-            words = [w for word in _WORD.findall(before_text)[-window:] for w in word.split("-")]
-            if _is_trigger_any(words, matching.exposure_before):
-                return True
+    normal = normalise_text(text)
+    for found in TEXT_PATTERN.finditer(normal):
+        before_text = _SCOPE_END.split(normal[: found.start()])[-1]
+        words = [w for word in _WORD.findall(before_text)[-window:] for w in word.split("-")]
+        if _is_trigger_any(words, matching.exposure_before):
+            return True
     return False
 
 
@@ -735,7 +754,7 @@ def _read_conditions(knowledge: Knowledge, conditions: Iterable[Any], reading: _
             continue
         if not readers.names_mkopper(condition.get("code")):
             continue
-        if _names_exposure(knowledge.content.matching, condition.get("code")):
+        if _names_exposure(readers, condition.get("code")):
             continue
         if not _validates(condition, "Condition"):
             reading.lenient += 1

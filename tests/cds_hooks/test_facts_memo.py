@@ -146,6 +146,9 @@ def test_kept_text_verdicts_are_the_text_read_afresh(knowledge: Knowledge, text:
     assert readers.mention(text) is facts._mention(matching, text)
     assert readers.mention(text) is facts._mention(matching, text)  # now from what was kept
     assert facts.text_names_mkopper(matching, text) is (readers.mention(text) is True)
+    assert readers.exposure(text) is facts._exposure(matching, text)
+    assert readers.exposure(text) is facts._exposure(matching, text)
+    assert readers.exposure(text) is (text == "Nærkontakt med mpox")
 
 
 def test_a_long_record_reads_as_its_one_mkopper_condition(knowledge: Knowledge) -> None:
@@ -175,6 +178,17 @@ def test_new_matching_is_not_answered_from_the_old(knowledge: Knowledge) -> None
     sources = Sources(conditions=[condition(text, "c1")])
     assert derive_facts(knowledge, sources).status is Status.CONFIRMED
     assert derive_facts(edited, sources).status is Status.NONE
+
+
+def test_new_exposure_triggers_are_not_answered_from_the_old(knowledge: Knowledge) -> None:
+    sources = Sources(conditions=[condition({"text": "Nærkontakt med mpox"}, "c1")])
+    assert derive_facts(knowledge, sources).status is Status.NONE
+    matching = knowledge.content.matching.model_copy(update={"exposure_before": ()})
+    edited = dataclasses.replace(
+        knowledge, content=knowledge.content.model_copy(update={"matching": matching})
+    )
+    assert derive_facts(edited, sources).status is Status.CONFIRMED
+    assert derive_facts(knowledge, sources).status is Status.NONE
 
 
 def test_new_valuesets_are_not_answered_from_the_old(knowledge: Knowledge) -> None:
@@ -212,7 +226,9 @@ def test_what_is_kept_is_bounded(knowledge: Knowledge, monkeypatch: pytest.Monke
     for i in range(50):
         assert not names_mkopper(small, {"text": f"Diagnose {i}"})
         assert not names_mkopper(small, {"coding": [{"system": "urn:local", "code": f"{i}"}]})
+        assert readers.exposure(f"Kontakt med mpox {i}")
     assert readers._text.cache_info().currsize == 8
+    assert readers._exposure.cache_info().currsize == 8
     assert readers._concept.cache_info().currsize == 8
     # The most recent are kept, the oldest went first.
     hits = readers._text.cache_info().hits
