@@ -42,7 +42,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from cds_hooks.fhir import InvalidResource, check_resource
@@ -264,11 +264,15 @@ class Sources:
 # --- Small readers of raw FHIR (defensive: anything may be any type) ---------------------------
 
 
+# (system, code, display) of one Coding, each None unless a string (the code stripped).
+Coding = tuple[str | None, str | None, str | None]
+
+
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _codings(concept: Any) -> list[tuple[str | None, str | None, str | None]]:
+def _codings(concept: Any) -> list[Coding]:
     if not isinstance(concept, dict):
         return []
     found = []
@@ -316,33 +320,112 @@ def _icd_parts(codes: frozenset[tuple[str, str]]) -> tuple[frozenset[str], froze
     return systems, frozenset(code for system, code in codes if system in systems)
 
 
+# A long problem list repeats a few dozen diagnoses, and what a concept or a text says is a pure
+# function of the knowledge and of the concept's codes and words: each is read once and kept on
+# the Knowledge it was read with (``Knowledge.memo``), so a new Knowledge, as after a content
+# change, starts empty. Bounded: the least recently used go first, and a concept larger than
+# this (a pasted note, a long list of codings) is read every time instead of kept.
+_MEMO_SIZE = 4096
+_MEMO_CHARS = 256
+_MEMO_CODINGS = 4
+_READERS = "facts.readers"
+
+
+class _Readers:
+    """The memoised readers of one Knowledge (its m-kopper diagnosis codes and matching)."""
+
+    __slots__ = (
+        "_concept",
+        "_exposure",
+        "_text",
+        "diagnosis",
+        "icd_codes",
+        "icd_systems",
+        "matching",
+    )
+
+    def __init__(self, knowledge: Knowledge) -> None:
+        self.matching = knowledge.content.matching
+        self.diagnosis = knowledge.valueset("mkopper-diagnosis")
+        self.icd_systems, self.icd_codes = _icd_parts(self.diagnosis.codes)
+        self._text = lru_cache(maxsize=_MEMO_SIZE)(partial(_mention, self.matching))
+        self._exposure = lru_cache(maxsize=_MEMO_SIZE)(partial(_exposure, self.matching))
+        self._concept = lru_cache(maxsize=_MEMO_SIZE)(partial(_concept_names, self))
+
+    def mention(self, text: str) -> bool | None:
+        """:func:`_mention` with this knowledge's matching."""
+        if len(text) > _MEMO_CHARS:
+            return _mention(self.matching, text)
+        return self._text(text)
+
+    def exposure(self, text: str) -> bool:
+        """:func:`_exposure` with this knowledge's matching."""
+        if len(text) > _MEMO_CHARS:
+            return _exposure(self.matching, text)
+        return self._exposure(text)
+
+    def names_mkopper(self, concept: Any) -> bool:
+        """:func:`names_mkopper` with this knowledge."""
+        if isinstance(concept, dict) and "coding" not in concept:
+            # Text only, as most problem-list entries: the text's own verdict decides.
+            text = concept.get("text")
+            return isinstance(text, str) and self.mention(text) is True
+        return self.names(*_concept_parts(concept))
+
+    def names(self, codings: tuple[Coding, ...], text: str | None) -> bool:
+        """:func:`names_mkopper` of a concept given as :func:`_concept_parts`."""
+        if _worth_keeping(codings, text):
+            return self._concept(codings, text)
+        return _concept_names(self, codings, text)
+
+
+def _worth_keeping(codings: tuple[Coding, ...], text: str | None) -> bool:
+    if len(codings) > _MEMO_CODINGS:
+        return False
+    size = len(text) if text else 0
+    for coding in codings:
+        size += sum(len(part) for part in coding if part)
+    return size <= _MEMO_CHARS
+
+
+def _readers(knowledge: Knowledge) -> _Readers:
+    readers: _Readers | None = knowledge.memo.get(_READERS)
+    if readers is None:
+        readers = knowledge.memo.setdefault(_READERS, _Readers(knowledge))
+    return readers
+
+
+def _concept_parts(concept: Any) -> tuple[tuple[Coding, ...], str | None]:
+    """What :func:`names_mkopper` reads of a CodeableConcept, as a hashable key: its codings
+    (:func:`_codings`) and its text."""
+    if not isinstance(concept, dict):
+        return (), None
+    text = concept.get("text")
+    codings = tuple(_codings(concept)) if "coding" in concept else ()
+    return codings, text if isinstance(text, str) else None
+
+
 def names_mkopper(knowledge: Knowledge, concept: Any) -> bool:
     """Does this CodeableConcept mean m-kopper (code, local ICD-10 subdivision, or text)?"""
-    diagnosis = knowledge.valueset("mkopper-diagnosis")
-    icd_systems, icd_codes = _icd_parts(diagnosis.codes)
-    codings = _codings(concept)
+    return _readers(knowledge).names_mkopper(concept)
+
+
+def _concept_names(readers: _Readers, codings: tuple[Coding, ...], text: str | None) -> bool:
     texts = [display for _, _, display in codings if display]
-    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
-        texts.append(concept["text"])
-    mentions = [_mention(knowledge.content.matching, text) for text in texts]
+    if text is not None:
+        texts.append(text)
+    mentions = [readers.mention(text) for text in texts]
     if False in mentions and True not in mentions:
         # The clinician's words rule it out ("Mpox utelukket"), whatever code was picked.
         return False
     for system, code, _ in codings:
-        if diagnosis.contains(system, code):
+        if readers.diagnosis.contains(system, code):
             return True
-        local_icd = system is None or system in icd_systems or "icd" in system.lower()
+        local_icd = system is None or system in readers.icd_systems or "icd" in system.lower()
         match = _ICD_SUBDIVISION.match(code.upper()) if code else None
-        if local_icd and match is not None and match.group(1) in icd_codes:
+        if local_icd and match is not None and match.group(1) in readers.icd_codes:
             return True
     return True in mentions
-
-
-def _first_code(concept: Any, system: str) -> str | None:
-    for coding_system, code, _ in _codings(concept):
-        if coding_system == system and code:
-            return code
-    return None
 
 
 def _status_code(
@@ -352,9 +435,9 @@ def _status_code(
     whose code is known; else the status's text or display read by its words. Anything else is
     unknown (``None``)."""
     codings = _codings(concept)
-    code = _first_code(concept, system)
-    if code is not None:
-        return code
+    for coding_system, coding_code, _ in codings:
+        if coding_system == system and coding_code:
+            return coding_code
     for coding_system, coding_code, _ in codings:
         if coding_system is None and coding_code and coding_code.lower() in known:
             return coding_code.lower()
@@ -484,9 +567,15 @@ def _care_setting(
     status = encounter.get("status")
     if not isinstance(status, str) or status in _ENCOUNTER_VOID:
         return CareSetting.UNKNOWN, (), 0
-    concepts = _encounter_concepts(encounter)
+    # The class and type codes, read once for the six settings.
+    codes = [
+        (system, code)
+        for concept in _encounter_concepts(encounter)
+        for system, code, _ in _codings(concept)
+    ]
     for setting, name in _SETTING_VALUESETS:
-        if any(_concept_in(c, knowledge.valueset(name)) for c in concepts):
+        valueset = knowledge.valueset(name)
+        if any(valueset.contains(system, code) for system, code in codes):
             return setting, (_reference(encounter),), 0
     return CareSetting.UNKNOWN, (), 0
 
@@ -623,21 +712,25 @@ class _Reading:
         return max(strongest, key=lambda b: b.date or dt.date.min)
 
 
-def _names_exposure(matching: Matching, concept: Any) -> bool:
+def _names_exposure(readers: _Readers, concept: Any) -> bool:
     """The Condition's text names m-kopper as contact or exposure ("nærkontakt med mpox")."""
-    if not matching.exposure_before:
+    if not readers.matching.exposure_before:
         return False
     texts = [display for _, _, display in _codings(concept) if display]
     if isinstance(concept, dict) and isinstance(concept.get("text"), str):
         texts.append(concept["text"])
+    return any(readers.exposure(text) for text in texts)
+
+
+def _exposure(matching: Matching, text: str) -> bool:
+    """A trigger within the window before a name of m-kopper makes the text exposure."""
     window = matching.negation_window_words
-    for text in texts:
-        normal = normalise_text(text)
-        for found in TEXT_PATTERN.finditer(normal):
-            before_text = _SCOPE_END.split(normal[: found.start()])[-1]
-            words = [w for word in _WORD.findall(before_text)[-window:] for w in word.split("-")]
-            if _is_trigger_any(words, matching.exposure_before):
-                return True
+    normal = normalise_text(text)
+    for found in TEXT_PATTERN.finditer(normal):
+        before_text = _SCOPE_END.split(normal[: found.start()])[-1]
+        words = [w for word in _WORD.findall(before_text)[-window:] for w in word.split("-")]
+        if _is_trigger_any(words, matching.exposure_before):
+            return True
     return False
 
 
@@ -654,10 +747,14 @@ def _condition_date(condition: dict[str, Any]) -> dt.datetime | None:
 def _read_conditions(knowledge: Knowledge, conditions: Iterable[Any], reading: _Reading) -> None:
     """Step 1: m-kopper Conditions give a status by their clinical and verification status.
     A Condition that fails strict validation is read field by field and counted."""
-    for condition in _of_type(conditions, "Condition"):
-        if not names_mkopper(knowledge, condition.get("code")):
+    readers = _readers(knowledge)
+    for condition in conditions:
+        # One pass over a long problem list: the type is checked here, not in a list first.
+        if not isinstance(condition, dict) or condition.get("resourceType") != "Condition":
             continue
-        if _names_exposure(knowledge.content.matching, condition.get("code")):
+        if not readers.names_mkopper(condition.get("code")):
+            continue
+        if _names_exposure(readers, condition.get("code")):
             continue
         if not _validates(condition, "Condition"):
             reading.lenient += 1
@@ -691,7 +788,8 @@ def _is_mkopper_test(knowledge: Knowledge, concept: Any) -> bool:
     texts = [display for _, _, display in _codings(concept) if display]
     if isinstance(concept, dict) and isinstance(concept.get("text"), str):
         texts.append(concept["text"])
-    return any(_mention(knowledge.content.matching, text) is True for text in texts)
+    readers = _readers(knowledge)
+    return any(readers.mention(text) is True for text in texts)
 
 
 def _suspected_only(knowledge: Knowledge, concept: Any) -> bool:

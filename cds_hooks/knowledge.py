@@ -16,7 +16,7 @@ import json
 import string
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -302,6 +302,22 @@ class Knowledge:
     content: Content
     source: str
     valuesets: Mapping[str, ValueSetCodes]
+    # The ValueSets under this content's canonical base by name: the facts look one up for
+    # every resource they read, and building its URL each time cost more than the lookup.
+    _by_name: Mapping[str, ValueSetCodes] = field(init=False, repr=False, compare=False)
+    # What readers derive from this knowledge and keep (each bounds its own). It belongs to
+    # this object: a new Knowledge, as after a content change, starts empty, so nothing
+    # derived from the old content answers for the new.
+    memo: dict[str, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        prefix = self.valueset_url("")
+        by_name = {
+            url[len(prefix) :]: valueset
+            for url, valueset in self.valuesets.items()
+            if url.startswith(prefix)
+        }
+        object.__setattr__(self, "_by_name", by_name)
 
     @property
     def canonical_base(self) -> str:
@@ -311,11 +327,10 @@ class Knowledge:
         return f"{self.canonical_base}/ValueSet/{name}"
 
     def valueset(self, name: str) -> ValueSetCodes:
-        url = self.valueset_url(name)
         try:
-            return self.valuesets[url]
+            return self._by_name[name]
         except KeyError:
-            raise ContentError(f"ValueSet {url} is not loaded") from None
+            raise ContentError(f"ValueSet {self.valueset_url(name)} is not loaded") from None
 
     def codesystem_url(self, name: str) -> str:
         return f"{self.canonical_base}/CodeSystem/{name}"

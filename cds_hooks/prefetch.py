@@ -70,9 +70,9 @@ def resources_of(value: Any) -> list[dict[str, Any]] | None:
         if not isinstance(entries, list):
             return None
         return [
-            entry["resource"]
+            resource
             for entry in entries
-            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
+            if isinstance(entry, dict) and isinstance(resource := entry.get("resource"), dict)
         ]
     if isinstance(resource_type, str):
         return [value]

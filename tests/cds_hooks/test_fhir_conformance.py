@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from cds_hooks import fhir
 from cds_hooks.fhir import InvalidResource, check_resource, parse_resource
@@ -230,3 +231,81 @@ def test_same_verdict_on_mutated_resources(data: st.DataObject) -> None:
     if not isinstance(resource, dict) or resource.get("resourceType") not in TYPES:
         return
     assert verdict(check_resource, resource) == verdict(parse_resource, resource)
+
+
+# Dates and times as EHRs send them and as they go wrong: the lean model checks a dateTime or
+# an instant in pydantic-core alone, and must never accept one that R4B refuses.
+_DATE_PARTS = st.sampled_from(
+    [
+        *("2026", "0001", "0000", "2026-11", "2026-13", "2026-11-24", "2026-02-29", "2028-02-29"),
+        *(
+            "2026-02-30",
+            "2026-04-31",
+            "2026-11-24T",
+            "26-11-24",
+            "2026-1-24",
+            "\uff12\uff10\uff12\uff16",
+        ),
+    ]
+)
+_TIME_PARTS = st.sampled_from(
+    [
+        *("", "T10:00:00", "T10:00", "T23:59:60", "T24:00:00", "T10:00:00.123"),
+        *("T10:00:00.1234567", "T10:00:00,5", "T9:00:00", "t10:00:00", " 10:00:00"),
+    ]
+)
+_ZONES = st.sampled_from(["", "Z", "+01:00", "-14:00", "+14:00", "+14:01", "+0100", "z", "\n"])
+times = st.builds(lambda d, t, z: d + t + z, _DATE_PARTS, _TIME_PARTS, _ZONES) | st.text(
+    alphabet="0123456789-T:+Z.", max_size=26
+)
+_TIME_FIELDS = [
+    ("Condition", ("recordedDate",)),
+    ("Condition", ("onsetDateTime",)),
+    ("Condition", ("meta", "lastUpdated")),  # an instant
+    ("Observation", ("issued",)),  # an instant
+    ("Observation", ("effectiveDateTime",)),
+    ("Encounter", ("period", "start")),
+    ("Procedure", ("performedPeriod", "end")),
+    ("ServiceRequest", ("authoredOn",)),
+]
+
+
+@settings(max_examples=600, deadline=None, database=None)
+@given(value=times, where=st.sampled_from(_TIME_FIELDS))
+def test_same_verdict_on_dates_and_times(value: str, where: tuple[str, tuple[str, ...]]) -> None:
+    resource_type, path = where
+    resource = copy.deepcopy(BASE[resource_type])
+    target = resource
+    for key in path[:-1]:
+        target = target.setdefault(key, {})
+    target[path[-1]] = value
+    assert verdict(check_resource, resource) == verdict(parse_resource, resource)
+
+
+@pytest.mark.parametrize(
+    ("value", "lean", "valid"),
+    [
+        ("2026-11-24", True, True),
+        ("2026", True, True),
+        ("2026-11-24T10:00:00+01:00", True, True),
+        ("2026-11-24T10:00:00.123Z", True, True),
+        ("2026-11", False, True),  # R4B decides
+        ("2016-12-31T23:59:60Z", False, True),  # a leap second: R4B decides
+        ("2026-02-30", False, False),
+        ("2026-11-24T10:00:00", False, False),  # a time needs a zone
+        ("2026-11-24\n", False, False),
+    ],
+)
+def test_common_times_need_no_full_validation(value: str, lean: bool, valid: bool) -> None:
+    resource = copy.deepcopy(BASE["Condition"])
+    resource["recordedDate"] = value
+    model = fhir._lean_model(fhir.get_fhir_model_class("Condition"))
+    try:
+        model.model_validate(resource)
+    except ValidationError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted is lean
+    assert verdict(check_resource, resource) is valid
+    assert verdict(parse_resource, resource) is valid
