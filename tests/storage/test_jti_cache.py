@@ -5,6 +5,7 @@ Run on SQLite, and on PostgreSQL when ``CDS_TEST_POSTGRES_URL`` names one (as in
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -78,3 +79,14 @@ def test_expired_ids_are_deleted_once_per_interval_not_on_every_call(
     assert store.remember_jti("ehr|newer", T0 + timedelta(minutes=6)) is True
     assert remembered(store) == 2  # "old" deleted, "new" and "newer" kept
     assert store.remember_jti("ehr|new", T0 + timedelta(minutes=5)) is False
+
+
+def test_threads_racing_with_one_id_get_exactly_one_yes(store: Store) -> None:
+    # Each statement commits on its own: the insert alone decides, atomically, who was first.
+    expires = T0 + timedelta(minutes=5)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        same = list(pool.map(lambda _: store.remember_jti("ehr|raced", expires), range(64)))
+        distinct = list(pool.map(lambda n: store.remember_jti(f"ehr|{n}", expires), range(64)))
+    assert same.count(True) == 1
+    assert distinct == [True] * 64
+    assert remembered(store) == 65
