@@ -11,14 +11,13 @@ wrk at 16 connections (throughput, p50 and p99) these scenarios:
 - ``cards``: patient-view for a typical suspected case, all prefetch in the request: the call
   answers cards;
 - ``fetch``: the same patient without prefetch, fetched from the FHIR server on loopback;
-- ``large``: patient-view with prefetch for the large synthetic record (780 Conditions);
+- ``large``: patient-view with prefetch for the large synthetic record (1,000 Conditions);
 - ``signed``: the ``cards`` call as production makes it, each call with its own ES384-signed
   JWT (a pinned key set in ``CDS_TRUSTED_CLIENTS``): signature check and one replay-cache
   insert per call. The tokens are made before the figure, a little more than it can use.
 
 The scenarios run in rounds, interleaved (reference, nocard, cards, signed, fetch, large, then
-again),
-so a change in the machine's load between rounds moves all five alike; each round's figures
+again), so a change in the machine's load between rounds moves them all alike; each round's figures
 are also taken as ratios to that round's reference, and the table shows the medians over the
 rounds (``--rounds``, 3 by default). CPU per call is the CPU time the server's processes (the
 gunicorn master and its workers, from /proc) used during the figure, divided by the calls

@@ -20,10 +20,10 @@ import re
 import uuid
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from cds_hooks.facts import NOTIFICATION_CATEGORY, Basis, Status
+from cds_hooks.facts import NOTIFICATION_CATEGORY, Status
 from cds_hooks.knowledge import Content, FindingContent, Knowledge, Language
 from cds_hooks.models import (
     URGENCY,
@@ -132,25 +132,8 @@ def notification_record(
 
 def _basis_line(knowledge: Knowledge, finding: Finding, language: Language) -> str | None:
     """ "Grunnlag: prøvesvar påvist 24.11.2026 (bekreftet)": kind and date, never a name or id."""
-    basis = finding.basis
-    if basis is None:
-        return None
-    lines = _made(knowledge.content).basis_lines
-    key = (language, basis)
-    try:
-        return lines[key]
-    except KeyError:
-        pass
-    line = _make_basis_line(knowledge, basis, language)
-    if len(lines) >= _MAX_BASIS_LINES:
-        lines.clear()
-    lines[key] = line
-    return line
-
-
-def _make_basis_line(knowledge: Knowledge, basis: Basis, language: Language) -> str | None:
-    evidence = knowledge.content.evidence
-    if evidence is None:
+    evidence, basis = knowledge.content.evidence, finding.basis
+    if evidence is None or basis is None:
         return None
     template = {
         "laboratory": evidence.laboratory,
@@ -183,34 +166,24 @@ class _Template:
 _TemplateKey = tuple[Language, tuple[tuple[str, str | None], ...]]
 
 
-@dataclass(slots=True)
-class _Made:
-    """What one content object gives, made once: card templates and evidence lines."""
-
-    templates: dict[_TemplateKey, _Template] = field(default_factory=dict)
-    basis_lines: dict[tuple[Language, Basis], str | None] = field(default_factory=dict)
-
-
 # Per content object, and gone with it: a content loaded again or changed (a new object) gets
 # its own, never text made from another. The groups are bounded by the content (hosts, what
-# merges into them, variants) and the evidence lines by kind, status and date; the caps are a
-# backstop.
-_MADE: dict[int, _Made] = {}
+# merges into them, variants); the cap is a backstop.
+_TEMPLATES: dict[int, dict[_TemplateKey, _Template]] = {}
 _MAX_TEMPLATES = 1024
-_MAX_BASIS_LINES = 4096
 
 
-def _made(content: Content) -> _Made:
+def _templates_of(content: Content) -> dict[_TemplateKey, _Template]:
     key = id(content)
-    made = _MADE.get(key)
-    if made is None:
-        made = _MADE[key] = _Made()
-        weakref.finalize(content, _MADE.pop, key, None)
-    return made
+    templates = _TEMPLATES.get(key)
+    if templates is None:
+        templates = _TEMPLATES[key] = {}
+        weakref.finalize(content, _TEMPLATES.pop, key, None)
+    return templates
 
 
 def _template(knowledge: Knowledge, group: Sequence[Finding], language: Language) -> _Template:
-    templates = _made(knowledge.content).templates
+    templates = _templates_of(knowledge.content)
     key: _TemplateKey = (language, tuple((f.key, f.variant) for f in group))
     template = templates.get(key)
     if template is None:

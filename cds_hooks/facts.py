@@ -289,6 +289,14 @@ def _codings(concept: Any) -> list[Coding]:
     return found
 
 
+def _concept_texts(concept: Any) -> list[str]:
+    """A concept's words: each coding's display, then its text."""
+    texts = [display for _, _, display in _codings(concept) if display]
+    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
+        texts.append(concept["text"])
+    return texts
+
+
 def _concept_in(concept: Any, valueset: ValueSetCodes) -> bool:
     return any(valueset.contains(system, code) for system, code, _ in _codings(concept))
 
@@ -441,10 +449,7 @@ def _status_code(
     for coding_system, coding_code, _ in codings:
         if coding_system is None and coding_code and coding_code.lower() in known:
             return coding_code.lower()
-    texts = [display for _, _, display in codings if display]
-    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
-        texts.append(concept["text"])
-    for text in texts:
+    for text in _concept_texts(concept):
         normal = normalise_text(text).strip()
         if normal in words:
             return words[normal]
@@ -716,10 +721,7 @@ def _names_exposure(readers: _Readers, concept: Any) -> bool:
     """The Condition's text names m-kopper as contact or exposure ("nærkontakt med mpox")."""
     if not readers.matching.exposure_before:
         return False
-    texts = [display for _, _, display in _codings(concept) if display]
-    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
-        texts.append(concept["text"])
-    return any(readers.exposure(text) for text in texts)
+    return any(readers.exposure(text) for text in _concept_texts(concept))
 
 
 def _exposure(matching: Matching, text: str) -> bool:
@@ -785,11 +787,8 @@ def _is_mkopper_test(knowledge: Knowledge, concept: Any) -> bool:
     """A test in the ValueSet, or a local test code whose text or display names m-kopper."""
     if _concept_in(concept, knowledge.valueset("mkopper-laboratory-tests")):
         return True
-    texts = [display for _, _, display in _codings(concept) if display]
-    if isinstance(concept, dict) and isinstance(concept.get("text"), str):
-        texts.append(concept["text"])
     readers = _readers(knowledge)
-    return any(readers.mention(text) is True for text in texts)
+    return any(readers.mention(text) is True for text in _concept_texts(concept))
 
 
 def _suspected_only(knowledge: Knowledge, concept: Any) -> bool:

@@ -501,6 +501,12 @@ class ClientLimits:
     pool_size: int = 16  # HTTP connections per host and worker threads for parallel fetch
 
 
+def json_containers(raw: bytes) -> int:
+    """The JSON objects and arrays a body could hold, counted on its bytes before parsing (an
+    upper bound: a brace or bracket inside a string counts too)."""
+    return raw.count(b"{") + raw.count(b"[")
+
+
 class _Watchdog:
     """Shuts one HTTP exchange's socket down at its deadline.
 
@@ -689,7 +695,7 @@ class FhirClient:
             _current.watchdog = None
         if watchdog.fired:  # the body may have been cut short by the shutdown
             raise FhirUnavailable("The FHIR server did not answer in time.")
-        if raw.count(b"{") + raw.count(b"[") > self.limits.max_containers:
+        if json_containers(raw) > self.limits.max_containers:
             raise FhirError("The FHIR server's answer is too large.")
         _remaining(deadline)  # no parsing once the budget is spent
         try:

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
 from cds_hooks.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from cds_hooks.fhir import ClientLimits
+from cds_hooks.fhir import ClientLimits, json_containers
 from cds_hooks.models import Discovery, Feedback, HookRequest
 from cds_hooks.services import ServiceRegistry
 from plugin.api import metrics
@@ -79,7 +79,7 @@ def parse_body(model: type[ModelT]) -> ModelT:
     if not request.mimetype or request.mimetype != "application/json":
         raise UnsupportedMediaType()
     raw = request.get_data(cache=False)
-    if raw.count(b"{") + raw.count(b"[") > MAX_BODY_CONTAINERS:
+    if json_containers(raw) > MAX_BODY_CONTAINERS:
         raise PayloadTooLarge(
             f"The body holds more than {MAX_BODY_CONTAINERS:,} JSON objects and arrays."
         )

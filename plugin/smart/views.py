@@ -300,8 +300,9 @@ def launch() -> BaseResponse:
     config = smart_configuration(iss)
     # A launch value opens one session: a replayed launch URL is refused even within its
     # lifetime. The JWT replay cache (in the database) serves all workers.
-    expires = get_store().clock() + timedelta(seconds=LAUNCH_TTL_SECONDS)
-    if not get_store().remember_jti(f"smart-launch\n{iss}\n{launch_id}", expires):
+    store = get_store()
+    expires = store.clock() + timedelta(seconds=LAUNCH_TTL_SECONDS)
+    if not store.remember_jti(f"smart-launch\n{iss}\n{launch_id}", expires):
         raise SmartProblem("launch-invalid", 400, "launch value already used")
     return authorize_redirect(iss, config, requested_scopes(), {"launch": launch_id})
 

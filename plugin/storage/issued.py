@@ -23,11 +23,10 @@ from collections.abc import Iterable
 from datetime import date
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from plugin.storage.schema import issued_counts
+from plugin.storage.schema import insert_into, issued_counts
 
 FLUSH_SECONDS = 5.0
 
@@ -38,8 +37,7 @@ Key = tuple[date, str, str, str]  # day (UTC), service id, finding, kind
 
 def _upsert(conn: sa.Connection, rows: list[dict[str, object]]) -> None:
     """Add ``rows`` to the counts in one statement (SQLite and PostgreSQL both upsert)."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(issued_counts)
+    statement = insert_into(conn, issued_counts)
     statement = statement.on_conflict_do_update(
         index_elements=["day", "service_id", "finding", "kind"],
         set_={"count": issued_counts.c.count + statement.excluded["count"]},

@@ -10,9 +10,19 @@ per day are kept (``issued``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 metadata = sa.MetaData()
+
+
+def insert_into(conn: sa.Connection, table: sa.Table) -> Any:
+    """The dialect's own INSERT into ``table`` (both offer ``ON CONFLICT``)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
 
 feedback = sa.Table(
     "feedback",

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cds_hooks.errors import StorageError
 from cds_hooks.models import FeedbackItem
-from plugin.storage.schema import feedback, issued_counts, jwt_replay
+from plugin.storage.schema import feedback, insert_into, issued_counts, jwt_replay
 from plugin.storage.token import CardRecord
 
 
@@ -300,9 +299,8 @@ class Store:
                 if self._jti_purged_at is None or now - self._jti_purged_at >= JTI_PURGE_INTERVAL:
                     conn.execute(jwt_replay.delete().where(jwt_replay.c.expires_at < now))
                     self._jti_purged_at = now
-                insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
                 added = conn.execute(
-                    insert(jwt_replay)
+                    insert_into(conn, jwt_replay)
                     .values(key_hash=key_hash, expires_at=expires_at)
                     .on_conflict_do_nothing(index_elements=["key_hash"])
                     .returning(jwt_replay.c.key_hash)  # a row back: inserted (rowcount is -1)

@@ -310,10 +310,10 @@ def test_the_templates_of_a_content_go_with_it(knowledge: Knowledge) -> None:
     changed = _with_summary(knowledge, "contact-tracing", "Smittesporing: en gang")
     render_cards(changed, [Finding("contact-tracing", ())], CONTEXTS[1])
     key = id(changed.content)
-    assert key in cards._MADE
+    assert key in cards._TEMPLATES
     del changed
     gc.collect()
-    assert key not in cards._MADE
+    assert key not in cards._TEMPLATES
 
 
 def test_a_folded_card_is_made_from_the_template_of_its_whole_group(knowledge: Knowledge) -> None:
