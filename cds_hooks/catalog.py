@@ -46,6 +46,7 @@ from cds_hooks.facts import (
     Sources,
     Status,
     aerosol_search_codes,
+    condition_reader,
     derive_facts,
 )
 from cds_hooks.knowledge import LANGUAGES, Knowledge, Language, load_knowledge
@@ -431,6 +432,7 @@ def _service(
         required_prefetch=frozenset(declaration.required),
         required_context=declaration.required_context,
         fit=evaluate.fit,
+        reads_condition=condition_reader(knowledge),
     )
 
 

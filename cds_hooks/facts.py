@@ -39,7 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from functools import lru_cache, partial
@@ -744,6 +744,12 @@ def _condition_date(condition: dict[str, Any]) -> dt.datetime | None:
     ]
     known = [date for date in dates if date is not None]
     return max(known) if known else None
+
+
+def condition_reader(knowledge: Knowledge) -> Callable[[Any], bool]:
+    """What :func:`_read_conditions` asks first of a Condition's ``code``: a Condition it says
+    no to is passed over unread, so a caller may leave it out before it is even parsed."""
+    return _readers(knowledge).names_mkopper
 
 
 def _read_conditions(knowledge: Knowledge, conditions: Iterable[Any], reading: _Reading) -> None:

@@ -19,6 +19,7 @@ one) as ``null``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -30,6 +31,17 @@ from werkzeug.sansio.response import Response
 # times faster than a regular expression).
 _DIGITS = bytes(0x31 if 0x30 <= byte <= 0x39 else 0x30 for byte in range(256))
 _LONG_NUMBER = b"1" * 19
+
+
+# JSON may escape a lone UTF-16 surrogate ("\\ud800"): valid JSON, but not text that can be
+# encoded again (ids are hashed and put into URLs).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def may_escape_surrogate(raw: bytes) -> bool:
+    """Could ``raw`` escape a lone surrogate? A plain search for the escape's first bytes
+    first: most bodies have no escape at all."""
+    return b"\\u" in raw and _SURROGATE_ESCAPE.search(raw) is not None
 
 
 def loads_strict(raw: bytes) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -20,8 +20,9 @@ from cds_hooks.fhir import ClientLimits, json_containers
 from cds_hooks.models import Discovery, Feedback, HookRequest
 from cds_hooks.services import ServiceRegistry
 from plugin.api import metrics
-from plugin.api.json_codec import loads_strict
+from plugin.api.json_codec import loads_strict, may_escape_surrogate
 from plugin.api.pipeline import get_pipeline, phase
+from plugin.api.skim import SKIM_FROM_BYTES, skim_body
 from plugin.security import auth
 from plugin.storage import suppression
 from plugin.storage.store import Store
@@ -51,9 +52,6 @@ def _validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     return details[:20]
 
 
-# JSON may escape a lone UTF-16 surrogate ("\\ud800"): valid JSON, but not text that can be
-# encoded again (ids are hashed and put into URLs). Only a body with such an escape is walked.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # JSON objects and arrays in one request body, counted before it is parsed, as for a FHIR
 # server's answer: each costs memory and time to build (5 MB of `{}` is almost two million of
 # them), and real bodies hold about 20 per kB (the large record: 17,000 in 900 kB).
@@ -74,8 +72,12 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def parse_body(model: type[ModelT]) -> ModelT:
-    """Parse the JSON body into ``model``; 415/400 name what is wrong, never the value."""
+def parse_body(model: type[ModelT], reads_condition: Callable[[Any], bool] | None = None) -> ModelT:
+    """Parse the JSON body into ``model``; 415/400 name what is wrong, never the value.
+
+    With ``reads_condition`` (the service's :attr:`~cds_hooks.services.CdsService.reads_condition`)
+    a large body is parsed without the prefetched Conditions the service does not read
+    (``plugin.api.skim``)."""
     if not request.mimetype or request.mimetype != "application/json":
         raise UnsupportedMediaType()
     raw = request.get_data(cache=False)
@@ -83,18 +85,10 @@ def parse_body(model: type[ModelT]) -> ModelT:
         raise PayloadTooLarge(
             f"The body holds more than {MAX_BODY_CONTAINERS:,} JSON objects and arrays."
         )
-    try:
-        # Strict UTF-8 (RFC 8259): json.loads on bytes would decode with "surrogatepass" and let
-        # an encoded lone surrogate (b"\xed\xa0\x80") through as text. loads_strict is
-        # json.loads(raw.decode("utf-8")), with orjson wherever it gives the same answer.
-        data = loads_strict(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidRequest("The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    # A plain search for the escape's first bytes first: most bodies have no escape at all.
-    if b"\\u" in raw and _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(data):
-        raise InvalidRequest("The body contains text that is not valid Unicode.")
+    skimmed = None
+    if reads_condition is not None and len(raw) >= SKIM_FROM_BYTES:
+        skimmed = skim_body(raw, reads_condition)
+    data = _parse_whole(raw) if skimmed is None else skimmed
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -104,6 +98,22 @@ def parse_body(model: type[ModelT]) -> ModelT:
         ) from None
     except RecursionError:
         raise InvalidRequest("The body is nested too deeply.") from None
+
+
+def _parse_whole(raw: bytes) -> dict[str, Any]:
+    try:
+        # Strict UTF-8 (RFC 8259): json.loads on bytes would decode with "surrogatepass" and let
+        # an encoded lone surrogate (b"\xed\xa0\x80") through as text. loads_strict is
+        # json.loads(raw.decode("utf-8")), with orjson wherever it gives the same answer.
+        data = loads_strict(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidRequest("The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    # Only a body that may escape a lone surrogate is walked.
+    if may_escape_surrogate(raw) and _has_lone_surrogate(data):
+        raise InvalidRequest("The body contains text that is not valid Unicode.")
+    return data
 
 
 @bp.get("/cds-services")
@@ -121,7 +131,7 @@ def call_service(service_id: str) -> Response:
         caller = auth.authenticate(request)
     service = get_registry().get(service_id)
     with phase("parse"):
-        hook_request = parse_body(HookRequest)
+        hook_request = parse_body(HookRequest, service.reads_condition)
     g.call_log.update(hook=hook_request.hook, hookInstance=hook_request.hookInstance[:64])
     issued = get_pipeline().run(service, hook_request, caller)
     with phase("cards"):
