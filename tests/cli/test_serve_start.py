@@ -1,5 +1,5 @@
 """What `mkopper-cds serve` does before the workers start: the migration in a child process,
-and glibc's malloc arenas capped (docs/operations.md, worker memory)."""
+and glibc's malloc tuned (docs/operations.md, worker memory)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _run(code: str, **env: str) -> dict[str, object]:
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env,
         capture_output=True,
         text=True,
         check=True,
@@ -76,17 +76,16 @@ def test_serve_stops_before_any_worker_when_the_migration_fails(tmp_path: Path) 
     assert "Booting worker" not in out.stderr
 
 
-def test_malloc_arenas_are_capped_unless_the_operator_chose() -> None:
-    capped = _run(
+def test_malloc_is_tuned_unless_the_operator_chose() -> None:
+    script = (
         "import json\n"
-        "from plugin.cli.serve import limit_malloc_arenas\n"
-        "print(json.dumps({'capped': limit_malloc_arenas()}))"
+        "from plugin.cli.serve import tune_malloc\n"
+        "print(json.dumps({'set': tune_malloc()}))"
     )
-    chosen = _run(
-        "import json\n"
-        "from plugin.cli.serve import limit_malloc_arenas\n"
-        "print(json.dumps({'capped': limit_malloc_arenas()}))",
-        MALLOC_ARENA_MAX="4",
-    )
-    assert capped == {"capped": True}  # this machine's libc is glibc
-    assert chosen == {"capped": False}
+    tuned = _run(script)
+    chosen = _run(script, MALLOC_ARENA_MAX="4", MALLOC_TRIM_THRESHOLD_="131072")
+    # This machine's libc is glibc.
+    assert tuned == {
+        "set": ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
+    }
+    assert chosen == {"set": ["MALLOC_MMAP_THRESHOLD_"]}
