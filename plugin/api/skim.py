@@ -58,6 +58,22 @@ class _Resource(msgspec.Struct):
     code: Any = None
 
 
+_Member = msgspec.Raw | msgspec.UnsetType
+
+
+class _Request(msgspec.Struct, forbid_unknown_fields=True):
+    """A request of CDS Hooks 2.0.1's fields only, the prefetch split in the same pass (a body
+    with other fields too is split member by member)."""
+
+    hook: _Member = msgspec.UNSET
+    hookInstance: _Member = msgspec.UNSET
+    fhirServer: _Member = msgspec.UNSET
+    fhirAuthorization: _Member = msgspec.UNSET
+    context: _Member = msgspec.UNSET
+    prefetch: dict[str, msgspec.Raw] | msgspec.UnsetType | None = msgspec.UNSET
+
+
+_REQUEST = msgspec.json.Decoder(_Request)
 _MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _PREFETCH = msgspec.json.Decoder(dict[str, msgspec.Raw] | None)
 _VALUE = msgspec.json.Decoder(_Value | None)
@@ -72,15 +88,35 @@ def skim_body(raw: bytes, reads_condition: Callable[[Any], bool]) -> dict[str, A
     if may_escape_surrogate(raw):
         return None
     try:
-        members = _MEMBERS.decode(raw)
-        body: dict[str, Any] = {}
-        for name, value in members.items():
-            if name == "prefetch":
-                body[name] = _prefetch(value, reads_condition)
-            else:
-                body[name] = loads_strict(bytes(value))
+        return _request(raw, reads_condition)
     except (msgspec.DecodeError, ValueError, RecursionError):
         return None
+
+
+def _request(raw: bytes, reads_condition: Callable[[Any], bool]) -> dict[str, Any]:
+    try:
+        request = _REQUEST.decode(raw)
+    except msgspec.ValidationError:
+        pass  # other fields, or a prefetch that is not an object: member by member
+    else:
+        body: dict[str, Any] = {}
+        for name in request.__struct_fields__:
+            value = getattr(request, name)
+            if value is msgspec.UNSET:
+                continue
+            if name != "prefetch":
+                body[name] = loads_strict(bytes(value))
+            elif value is None:
+                body[name] = None
+            else:
+                body[name] = {key: _value(item, reads_condition) for key, item in value.items()}
+        return body
+    body = {}
+    for name, value in _MEMBERS.decode(raw).items():
+        if name == "prefetch":
+            body[name] = _prefetch(value, reads_condition)
+        else:
+            body[name] = loads_strict(bytes(value))
     return body
 
 

@@ -176,6 +176,17 @@ ENTRIES = st.lists(
 )
 
 
+def test_fields_beyond_the_spec_are_kept() -> None:
+    body = json.loads(_body(_bundle(_other(1), MKOPPER)))
+    body["extension"] = {"no.helse-bergen.ward": "M1"}
+    raw = json.dumps(body).encode()
+    skimmed = skim_body(raw, READS)
+    assert skimmed == _oracle(raw)
+    assert skimmed is not None
+    assert skimmed["extension"] == {"no.helse-bergen.ward": "M1"}
+    assert skimmed["prefetch"]["conditions"]["entry"] == [{"resource": MKOPPER}]
+
+
 def test_a_float_beyond_range_reads_as_the_standard_library_reads_it() -> None:
     raw = _body(_bundle(_other(1), {**MKOPPER, "x": "1e400"})).replace(b'"1e400"', b"1e400")
     skimmed = skim_body(raw, READS)
