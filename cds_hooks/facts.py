@@ -37,6 +37,7 @@ Decisions (each follows TERMINOLOGY.md where it speaks):
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -336,6 +337,8 @@ def _icd_parts(codes: frozenset[tuple[str, str]]) -> tuple[frozenset[str], froze
 _MEMO_SIZE = 4096
 _MEMO_CHARS = 256
 _MEMO_CODINGS = 4
+# A concept given as its JSON text (a request body's Condition, before it is parsed).
+_MEMO_JSON_BYTES = 1024
 _READERS = "facts.readers"
 
 
@@ -345,6 +348,7 @@ class _Readers:
     __slots__ = (
         "_concept",
         "_exposure",
+        "_json",
         "_text",
         "diagnosis",
         "icd_codes",
@@ -359,6 +363,7 @@ class _Readers:
         self._text = lru_cache(maxsize=_MEMO_SIZE)(partial(_mention, self.matching))
         self._exposure = lru_cache(maxsize=_MEMO_SIZE)(partial(_exposure, self.matching))
         self._concept = lru_cache(maxsize=_MEMO_SIZE)(partial(_concept_names, self))
+        self._json = lru_cache(maxsize=_MEMO_SIZE)(self._names_in_json)
 
     def mention(self, text: str) -> bool | None:
         """:func:`_mention` with this knowledge's matching."""
@@ -379,6 +384,16 @@ class _Readers:
             text = concept.get("text")
             return isinstance(text, str) and self.mention(text) is True
         return self.names(*_concept_parts(concept))
+
+    def names_mkopper_json(self, concept: bytes) -> bool:
+        """:meth:`names_mkopper` of a concept given as JSON text (valid JSON, strict UTF-8,
+        no escaped lone surrogate); kept per text, as the same codes come again and again."""
+        if len(concept) > _MEMO_JSON_BYTES:
+            return self._names_in_json(concept)
+        return self._json(concept)
+
+    def _names_in_json(self, concept: bytes) -> bool:
+        return self.names_mkopper(json.loads(concept))
 
     def names(self, codings: tuple[Coding, ...], text: str | None) -> bool:
         """:func:`names_mkopper` of a concept given as :func:`_concept_parts`."""
@@ -746,10 +761,11 @@ def _condition_date(condition: dict[str, Any]) -> dt.datetime | None:
     return max(known) if known else None
 
 
-def condition_reader(knowledge: Knowledge) -> Callable[[Any], bool]:
-    """What :func:`_read_conditions` asks first of a Condition's ``code``: a Condition it says
+def condition_reader(knowledge: Knowledge) -> Callable[[bytes], bool]:
+    """What :func:`_read_conditions` asks first of a Condition's ``code``, given as its JSON
+    text (``null`` when absent; see :meth:`_Readers.names_mkopper_json`): a Condition it says
     no to is passed over unread, so a caller may leave it out before it is even parsed."""
-    return _readers(knowledge).names_mkopper
+    return _readers(knowledge).names_mkopper_json
 
 
 def _read_conditions(knowledge: Knowledge, conditions: Iterable[Any], reading: _Reading) -> None:

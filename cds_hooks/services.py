@@ -100,9 +100,10 @@ class CdsService:
     usage_requirements: str | None = None
     # How the cards of one call are fitted under the card cap after suppression.
     fit: Fitter = cut_to
-    # Which prefetched Conditions the evaluation reads, by their ``code`` (None: every one).
-    # A large request body is parsed without the others (``plugin.api.skim``).
-    reads_condition: Callable[[Any], bool] | None = None
+    # Which prefetched Conditions the evaluation reads, by the JSON text of their ``code``
+    # (``null`` when absent; None: every one). A large request body is parsed without the
+    # others (``plugin.api.skim``).
+    reads_condition: Callable[[bytes], bool] | None = None
 
     def descriptor(self) -> ServiceDescriptor:
         return ServiceDescriptor(

@@ -7,8 +7,9 @@ two thirds of the call's time. Here the body is read with msgspec instead:
 
 - the top level and each prefetch value are split into their members as raw JSON, without
   building them;
-- each resource of a prefetch Bundle is read for its ``resourceType`` and ``code`` only, and a
-  Condition whose code the service does not read (``CdsService.reads_condition``) is left out;
+- each resource of a prefetch Bundle is read for its ``resourceType`` and the text of its
+  ``code`` only, and a Condition whose code the service does not read
+  (``CdsService.reads_condition``, which keeps its verdict per text) is left out;
   every other resource, and everything outside the prefetch Bundles, is parsed by
   :func:`~plugin.api.json_codec.loads_strict` as the whole body would have been.
 
@@ -52,10 +53,10 @@ class _Value(msgspec.Struct):
 
 
 class _Resource(msgspec.Struct):
-    """What decides whether a resource is parsed: its type, and a Condition's code."""
+    """What decides whether a resource is parsed: its type, and a Condition's code (as text)."""
 
     resourceType: Any = None
-    code: Any = None
+    code: msgspec.Raw = _NULL
 
 
 _Member = msgspec.Raw | msgspec.UnsetType
@@ -80,7 +81,7 @@ _VALUE = msgspec.json.Decoder(_Value | None)
 _RESOURCE = msgspec.json.Decoder(_Resource)
 
 
-def skim_body(raw: bytes, reads_condition: Callable[[Any], bool]) -> dict[str, Any] | None:
+def skim_body(raw: bytes, reads_condition: Callable[[bytes], bool]) -> dict[str, Any] | None:
     """The body as ``loads_strict`` gives it, without the prefetched Conditions whose ``code``
     ``reads_condition`` says no to; ``None`` when the body must be parsed whole."""
     if not _strict_utf8(raw):
@@ -93,7 +94,7 @@ def skim_body(raw: bytes, reads_condition: Callable[[Any], bool]) -> dict[str, A
         return None
 
 
-def _request(raw: bytes, reads_condition: Callable[[Any], bool]) -> dict[str, Any]:
+def _request(raw: bytes, reads_condition: Callable[[bytes], bool]) -> dict[str, Any]:
     try:
         request = _REQUEST.decode(raw)
     except msgspec.ValidationError:
@@ -134,14 +135,14 @@ def _strict_utf8(raw: bytes) -> bool:
     return True
 
 
-def _prefetch(raw: msgspec.Raw, reads_condition: Callable[[Any], bool]) -> Any:
+def _prefetch(raw: msgspec.Raw, reads_condition: Callable[[bytes], bool]) -> Any:
     values = _PREFETCH.decode(raw)
     if values is None:
         return None
     return {key: _value(value, reads_condition) for key, value in values.items()}
 
 
-def _value(raw: msgspec.Raw, reads_condition: Callable[[Any], bool]) -> Any:
+def _value(raw: msgspec.Raw, reads_condition: Callable[[bytes], bool]) -> Any:
     try:
         value = _VALUE.decode(raw)
         if value is None:
@@ -153,13 +154,13 @@ def _value(raw: msgspec.Raw, reads_condition: Callable[[Any], bool]) -> Any:
     return loads_strict(bytes(raw))
 
 
-def _bundle(entries: list[_Entry], reads_condition: Callable[[Any], bool]) -> dict[str, Any]:
+def _bundle(entries: list[_Entry], reads_condition: Callable[[bytes], bool]) -> dict[str, Any]:
     kept = []
     for entry in entries:
         if entry.resource == _NULL:
             continue  # no resource: resources_of passes over the entry
         resource = _RESOURCE.decode(entry.resource)
-        if resource.resourceType == "Condition" and not reads_condition(resource.code):
+        if resource.resourceType == "Condition" and not reads_condition(bytes(resource.code)):
             continue
         kept.append({"resource": loads_strict(bytes(entry.resource))})
     return {"resourceType": "Bundle", "entry": kept}

@@ -72,7 +72,9 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def parse_body(model: type[ModelT], reads_condition: Callable[[Any], bool] | None = None) -> ModelT:
+def parse_body(
+    model: type[ModelT], reads_condition: Callable[[bytes], bool] | None = None
+) -> ModelT:
     """Parse the JSON body into ``model``; 415/400 name what is wrong, never the value.
 
     With ``reads_condition`` (the service's :attr:`~cds_hooks.services.CdsService.reads_condition`)

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cds_hooks.facts import condition_reader
+from cds_hooks.facts import condition_reader, names_mkopper
 from cds_hooks.knowledge import load_knowledge
 from cds_hooks.prefetch import resources_of
 from plugin.api import views
@@ -93,7 +93,7 @@ def _oracle(raw: bytes) -> Any:
             kept = [
                 {"resource": r}
                 for r in resources_of(value) or []
-                if r.get("resourceType") != "Condition" or READS(r.get("code"))
+                if r.get("resourceType") != "Condition" or names_mkopper(KNOWLEDGE, r.get("code"))
             ]
             data["prefetch"][key] = {"resourceType": "Bundle", "entry": kept}
     return data

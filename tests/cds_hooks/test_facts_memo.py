@@ -4,6 +4,7 @@ afresh, never an answer of older content, and never more than a bounded number k
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from typing import Any
 
@@ -137,6 +138,17 @@ def test_kept_verdicts_are_the_verdicts_read_afresh(
     assert names_mkopper(knowledge, second) is True  # the second coding decides
     second["coding"] = second["coding"][:1]
     assert names_mkopper(knowledge, second) is False
+
+
+def test_a_concept_as_json_text_reads_as_the_concept(knowledge: Knowledge) -> None:
+    reader = facts.condition_reader(knowledge)
+    shapes = [*concepts(), None, {"text": "Mpox " + "x" * 2000}]
+    afresh = [read_afresh(knowledge, concept) for concept in shapes]
+    for _ in range(2):  # the second time from what was kept
+        assert [reader(json.dumps(c).encode()) for c in shapes] == afresh
+        assert [reader(json.dumps(c, ensure_ascii=False).encode()) for c in shapes] == afresh
+    assert facts._readers(knowledge)._json.cache_info().hits > 0
+    assert True in afresh and False in afresh
 
 
 @pytest.mark.parametrize("text", TEXTS)
