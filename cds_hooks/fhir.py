@@ -9,6 +9,8 @@ to validate only the resources that matter.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -542,8 +544,77 @@ class _Watchdog:
             self._finished = True
             self._connection = None
 
+    @property
+    def finished(self) -> bool:
+        return self._finished
 
+
+class _Deadlines:
+    """One thread that fires every exchange's watchdog at its deadline.
+
+    A timer thread per exchange cost a thread start and a thread exit per FHIR request (seven
+    per call without prefetch). Here each exchange is put on one heap by deadline, and one
+    daemon thread per process sleeps until the earliest is due; an exchange that finished in
+    time is passed over when its turn comes. Started on first use, and again in a forked
+    child (a thread does not survive ``fork``)."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._due = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Watchdog]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, watchdog: _Watchdog, deadline: float) -> None:
+        """Fire ``watchdog`` when ``time.monotonic()`` passes ``deadline``, unless it has
+        finished by then."""
+        with self._due:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="fhir-deadlines", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._heap, (deadline, next(self._order), watchdog))
+            if self._heap[0][2] is watchdog:
+                self._due.notify()  # a new earliest deadline
+
+    def _run(self) -> None:
+        while True:
+            with self._due:
+                due = self._next_due()
+            due.fire()
+
+    def _next_due(self) -> _Watchdog:
+        while True:
+            while self._heap and self._heap[0][2].finished:
+                heapq.heappop(self._heap)
+            if not self._heap:
+                self._due.wait()
+                continue
+            wait = self._heap[0][0] - time.monotonic()
+            if wait <= 0:
+                return heapq.heappop(self._heap)[2]
+            self._due.wait(wait)
+
+
+_DEADLINES = _Deadlines()
 _current = threading.local()  # the watchdog of the exchange running on this thread
+
+
+@contextlib.contextmanager
+def _watched(deadline: float) -> typing.Iterator[_Watchdog]:
+    """Watch the exchange run inside: its socket is shut down if ``deadline`` passes first."""
+    watchdog = _Watchdog()
+    _current.watchdog = watchdog
+    _DEADLINES.watch(watchdog, deadline)
+    try:
+        yield watchdog
+    finally:
+        watchdog.finish()
+        _current.watchdog = None
 
 
 def _attach(connection: BaseHTTPConnection) -> BaseHTTPConnection:
@@ -678,21 +749,13 @@ class FhirClient:
 
     def _get_json(self, url: str, token: str | None, deadline: float) -> dict[str, Any]:
         remaining = _remaining(deadline)
-        watchdog = _Watchdog()
-        timer = threading.Timer(remaining, watchdog.fire)
-        timer.daemon = True
-        _current.watchdog = watchdog
-        timer.start()
-        try:
-            raw = self._exchange(url, token, deadline, remaining)
-        except FhirError:
-            if watchdog.fired:
-                raise FhirUnavailable("The FHIR server did not answer in time.") from None
-            raise
-        finally:
-            timer.cancel()
-            watchdog.finish()
-            _current.watchdog = None
+        with _watched(deadline) as watchdog:
+            try:
+                raw = self._exchange(url, token, deadline, remaining)
+            except FhirError:
+                if watchdog.fired:
+                    raise FhirUnavailable("The FHIR server did not answer in time.") from None
+                raise
         if watchdog.fired:  # the body may have been cut short by the shutdown
             raise FhirUnavailable("The FHIR server did not answer in time.")
         if json_containers(raw) > self.limits.max_containers:
@@ -837,43 +900,35 @@ def guarded_json(
     except ValueError:
         raise FhirError("The endpoint URL is not acceptable.") from None
     remaining = _remaining(deadline)
-    watchdog = _Watchdog()
-    timer = threading.Timer(remaining, watchdog.fire)
-    timer.daemon = True
-    _current.watchdog = watchdog
-    timer.start()
     timeout = (
         min(client.limits.connect_timeout_s, remaining),
         min(client.limits.timeout_s, remaining),
     )
-    try:
+    with _watched(deadline) as watchdog:
         try:
-            response = client.session.request(
-                method,
-                target,
-                headers={"Accept": "application/json"},
-                data=form,
-                timeout=timeout,
-                stream=True,
-                allow_redirects=False,
-            )
-        except requests.Timeout:
-            raise FhirUnavailable("The endpoint did not answer in time.") from None
-        except requests.RequestException:
-            raise FhirUnavailable("The endpoint could not be reached.") from None
-        try:
-            status = response.status_code
-            raw = client._read_body(response, deadline)
-        finally:
-            response.close()
-    except FhirError:
-        if watchdog.fired:
-            raise FhirUnavailable("The endpoint did not answer in time.") from None
-        raise
-    finally:
-        timer.cancel()
-        watchdog.finish()
-        _current.watchdog = None
+            try:
+                response = client.session.request(
+                    method,
+                    target,
+                    headers={"Accept": "application/json"},
+                    data=form,
+                    timeout=timeout,
+                    stream=True,
+                    allow_redirects=False,
+                )
+            except requests.Timeout:
+                raise FhirUnavailable("The endpoint did not answer in time.") from None
+            except requests.RequestException:
+                raise FhirUnavailable("The endpoint could not be reached.") from None
+            try:
+                status = response.status_code
+                raw = client._read_body(response, deadline)
+            finally:
+                response.close()
+        except FhirError:
+            if watchdog.fired:
+                raise FhirUnavailable("The endpoint did not answer in time.") from None
+            raise
     if watchdog.fired:
         raise FhirUnavailable("The endpoint did not answer in time.")
     try:
