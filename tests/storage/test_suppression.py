@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from plugin.storage.suppression import (
     policy_from_knowledge,
 )
 from tests.support.clock import START, Clock
+from tests.support.service_process import fresh_schema, postgres_url
 
 SERVICE = "sup-view"
 SECRET = "a" * 32
@@ -334,6 +335,50 @@ def test_rotation_keeps_suppressions_made_under_the_old_secret(make_app: Any) ->
         make_app, clock, CDS_PATIENT_HASH_SECRET=OTHER_SECRET
     ).test_client()
     assert set(call(replaced, ["notify-municipal-doctor"])) == {"notify-municipal-doctor"}
+
+
+THIRD_SECRET = "c" * 32
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The settings of a database: SQLite in the data directory, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    with fresh_schema(postgres_url()) as url:
+        yield {"CDS_DATABASE_URL": url}
+
+
+def test_suppressions_are_found_under_every_secret_of_a_rotation(
+    make_app: Any, database: dict[str, str]
+) -> None:
+    clock = Clock(START)
+
+    def app_with(secrets: str) -> FlaskClient:
+        settings = {"CDS_PATIENT_HASH_SECRET": secrets, **database}
+        return make_suppression_app(make_app, clock, **settings).test_client()
+
+    old = app_with(SECRET)
+    cards = call(old, ["notify-municipal-doctor", "isolation-inpatient"])
+    override(old, cards["notify-municipal-doctor"], "already-notified")
+    rotated = app_with(f"{OTHER_SECRET},{SECRET}")
+    cards = call(rotated, ["isolation-inpatient", "respirator"])
+    override(rotated, cards["isolation-inpatient"], "measures-in-place")
+
+    everything = ["notify-municipal-doctor", "isolation-inpatient", "respirator"]
+    # One record under the old secret, one under the new: two keys and three find both.
+    for client in (rotated, app_with(f"{THIRD_SECRET},{OTHER_SECRET},{SECRET}")):
+        assert set(call(client, everything)) == {"respirator"}
+        # The patient's records of other kinds do not hide a card called alone.
+        assert set(call(client, ["respirator"])) == {"respirator"}
+        assert set(call(client, everything, patient="pat-2")) == set(everything)
+    # One key finds what was made under it only.
+    assert set(call(app_with(OTHER_SECRET), everything)) == {
+        "notify-municipal-doctor",
+        "respirator",
+    }
+    assert set(call(old, everything)) == {"isolation-inpatient", "respirator"}
 
 
 def test_new_records_use_the_first_secret(tmp_path: Path) -> None:
