@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from pydantic import BaseModel, ValidationError
 
@@ -185,11 +186,26 @@ def readyz() -> Response:
     return jsonify({"status": "ready", "services": len(get_registry())})
 
 
+def _log_line(call_log: dict[str, Any]) -> str:
+    """``json.dumps(call_log, separators=(",", ":"), sort_keys=True)``, by orjson (0.6 µs rather
+    than 5 µs) wherever that gives the same text: an ASCII line without DEL (json escapes the
+    rest), of values both print alike (the timings are rounded to 0.01 ms: no float needs an
+    exponent)."""
+    try:
+        line = orjson.dumps(call_log, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # a lone surrogate, an integer past 64 bits
+        line = ""
+    if line and line.isascii() and "\x7f" not in line:
+        return line
+    return json.dumps(call_log, separators=(",", ":"), sort_keys=True)
+
+
 def log_call(response: Response) -> Response:
     """One structured line per CDS call: no patient ids, no tokens, no resource content."""
     call_log = g.get("call_log")
     if call_log is not None:
         call_log["status"] = response.status_code
         call_log["ms"] = g.get("timings", {})
-        log.info(json.dumps(call_log, separators=(",", ":"), sort_keys=True))
+        if log.isEnabledFor(logging.INFO):
+            log.info(_log_line(call_log))
     return response
