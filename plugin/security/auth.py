@@ -286,7 +286,8 @@ def init_app(app: Flask) -> None:
 
 def authenticate(request: Request) -> Caller | None:
     """The verified caller, or ``None`` for an unsigned development call from loopback."""
-    header = request.headers.get("Authorization")
+    # Where ``request.headers.get("Authorization")`` finds it, without the headers' key mapping.
+    header = request.environ.get("HTTP_AUTHORIZATION")
     if header is None:
         if as_bool(current_app.config["CDS_ALLOW_UNSIGNED"]) and from_loopback(request):
             return None

@@ -38,6 +38,10 @@ def test_is_loopback(host: str | None, loopback: bool) -> None:
         ("127.0.0.1", {"X-Forwarded-For": "127.0.0.1"}, False),
         ("127.0.0.1", {"Forwarded": "for=192.0.2.7"}, False),
         ("127.0.0.1", {"X-Real-IP": "192.0.2.7"}, False),
+        # Header names in any case, and a header present but empty, as the headers find them.
+        ("127.0.0.1", {"x-forwarded-for": "192.0.2.7"}, False),
+        ("::1", {"X-REAL-IP": ""}, False),
+        ("127.0.0.1", {"X-Forwarded-Host": "example.org"}, True),
     ],
 )
 def test_from_loopback(remote: str, headers: dict[str, str], local: bool) -> None:
