@@ -26,6 +26,7 @@ from plugin.storage.suppression import (
     Policy,
     hasher_from_settings,
     policy_from_knowledge,
+    subject_of,
 )
 from tests.support.clock import START, Clock
 from tests.support.service_process import fresh_schema, postgres_url
@@ -394,6 +395,29 @@ def test_new_records_use_the_first_secret(tmp_path: Path) -> None:
     assert hasher.candidates("patient", "p1")[1] == PatientHasher([SECRET.encode()]).hash(
         "patient", "p1"
     )
+
+
+@pytest.mark.parametrize(
+    ("fhir_server", "key"),
+    [
+        ("https://fhir.example.org/r4", "https://fhir.example.org:443/r4"),
+        ("https://fhir.example.org/r4/", "https://fhir.example.org:443/r4"),
+        ("http://fhir.example.org:8080/r4", "http://fhir.example.org:8080/r4"),
+        # Not a plain base (a query): a call without fetching keeps the text as given.
+        ("https://fhir.example.org/r4?x=1", "https://fhir.example.org/r4?x=1"),
+    ],
+)
+def test_the_fhir_server_is_part_of_the_subject_in_one_form(fhir_server: str, key: str) -> None:
+    body = {
+        "hook": "patient-view",
+        "hookInstance": str(uuid.uuid4()),
+        "fhirServer": fhir_server,
+        "context": {"userId": "Practitioner/1", "patientId": "pat-1"},
+    }
+    # The second call reads the server's form as the first did.
+    for _ in range(2):
+        subject = subject_of(HookRequest.model_validate(body), Evaluation(status="suspected"))
+        assert (subject.patient, subject.fhir_server, subject.status) == ("pat-1", key, "suspected")
 
 
 # --- The policy from content ----------------------------------------------------------------
