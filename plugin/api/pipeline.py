@@ -82,6 +82,10 @@ class Pipeline:
         and give each card shown a uuid that carries its record, scoped to the verified caller
         and the request's FHIR server."""
         with phase("storage"):
+            if not evaluation.issued:
+                # No card to suppress or seal: what ``Suppressions.issue`` gives, without
+                # reading the subject (the request's ids, caller and FHIR server).
+                return Fitted([])
             return self.suppressions.issue(
                 service.id,
                 hook_request.hookInstance,
