@@ -67,10 +67,9 @@ def _active_suppressions(keys: int) -> tuple[sa.Select[Any], tuple[str, ...]]:
     """The active suppressions of one patient hashed under any of ``keys`` keys, and the
     names of its patient hash parameters.
 
-    Built once per process: a call only binds values (statement building was a tenth of a
-    call's time). One plain parameter per key rather than an expanding IN, whose values are
-    rendered into the compiled statement again on every call (half the read's time); the
-    kinds are matched in Python, over the patient's few rows."""
+    One plain parameter per key rather than an expanding IN, whose values are rendered into
+    the compiled statement again on every call (half the read's time); the kinds are matched
+    in Python, over the patient's few rows."""
     names = tuple(f"patient_hash_{index}" for index in range(keys))
     hashes: list[sa.BindParameter[str]] = [sa.bindparam(name) for name in names]
     return (
@@ -82,6 +81,49 @@ def _active_suppressions(keys: int) -> tuple[sa.Select[Any], tuple[str, ...]]:
         ),
         names,
     )
+
+
+class ActiveRead:
+    """The one read of a call: a patient's active suppressions as (kind, encounter hash,
+    status) rows.
+
+    Compiled once for the engine's dialect and run on the pool's DBAPI connection: a
+    ``Connection`` (its transaction, execution context and result) took half of the read's
+    time (35 µs, 16 µs without). The pool still pings the connection at checkout and rolls it
+    back on return; values are bound as the columns' types bind them."""
+
+    def __init__(self, engine: Engine, keys: int):
+        self.engine = engine
+        statement, self._names = _active_suppressions(keys)
+        dialect = engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        # The parameters' order for a positional paramstyle (SQLite), else None (named).
+        self._positions = compiled.positiontup
+        self._bind_now = suppressions.c.expires_at.type.dialect_impl(dialect).bind_processor(
+            dialect
+        )
+        self._errors: tuple[type[Exception], ...] = (SQLAlchemyError, dialect.loaded_dbapi.Error)
+
+    def __call__(self, patient_hashes: Sequence[str], now: datetime) -> list[tuple[Any, ...]]:
+        values: dict[str, Any] = dict(zip(self._names, patient_hashes, strict=True))
+        values["now"] = self._bind_now(now) if self._bind_now else now
+        parameters: Any = (
+            values if self._positions is None else [values[name] for name in self._positions]
+        )
+        try:
+            connection = self.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                try:
+                    cursor.execute(self.sql, parameters)
+                    return [tuple(row) for row in cursor.fetchall()]
+                finally:
+                    cursor.close()
+            finally:
+                connection.close()
+        except self._errors as exc:
+            raise StorageError() from exc
 
 
 _EXPIRED = suppressions.delete().where(suppressions.c.expires_at <= sa.bindparam("now"))
@@ -280,7 +322,7 @@ class Suppressions:
         self.policy = policy
         self.tokens = CardTokens(hasher.keys, SUBJECT_RETENTION)
         self.counts = counts
-        self._active, self._hash_names = _active_suppressions(len(hasher.keys))
+        self._active = ActiveRead(engine, len(hasher.keys))
 
     def _scopes(self, finding: str, subject: Subject) -> set[str]:
         if subject.encounter is None or not self.policy.is_per_encounter(finding):
@@ -312,13 +354,7 @@ class Suppressions:
         else:
             patient_hashes = self.hasher.candidates("patient", subject.scoped(subject.patient))
             patient_hash = patient_hashes[0]
-            values: dict[str, Any] = dict(zip(self._hash_names, patient_hashes, strict=True))
-            values["now"] = now
-            try:
-                with self.engine.connect() as conn:
-                    active = conn.execute(self._active, values).all()
-            except SQLAlchemyError as exc:
-                raise StorageError() from exc
+            active = self._active(patient_hashes, now)
             # Most patients have no active suppression: no card's scopes to hash then.
             shown = (
                 [item for item in issued if not self._suppressed(item, subject, active)]
@@ -335,15 +371,17 @@ class Suppressions:
             )
         return replace(fitted, issued=kept)
 
-    def _suppressed(self, item: IssuedCard, subject: Subject, active: Sequence[Any]) -> bool:
+    def _suppressed(
+        self, item: IssuedCard, subject: Subject, active: Sequence[tuple[Any, ...]]
+    ) -> bool:
         kind = card_kind(item)
         scopes = self._scopes(item.finding, subject)
         status_bound = self.policy.is_status_bound(item.finding)
         return any(
-            row.kind == kind
-            and row.encounter_hash in scopes
-            and (not status_bound or row.status == subject.status)
-            for row in active
+            row_kind == kind
+            and encounter_hash in scopes
+            and (not status_bound or status == subject.status)
+            for row_kind, encounter_hash, status in active
         )
 
     def _seal(

@@ -33,21 +33,28 @@ WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 @contextmanager
 def statements(app: Flask) -> Iterator[list[str]]:
-    """The SQL statements this thread sends through the app's engine meanwhile (the
-    issued-card writer thread of the process is not counted: it runs off the request)."""
+    """The SQL statements SQLite runs for this thread meanwhile, as the driver sees them (the
+    call's read goes to the DBAPI connection past SQLAlchemy's events), but the pool's ping at
+    checkout; the issued-card writer thread of the process is not counted: it runs off the
+    request."""
     engine = app.extensions["cds_store"].engine
     seen: list[str] = []
     me = threading.get_ident()
+    watching = True
 
-    def listen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if threading.get_ident() == me:
+    def trace(statement: str) -> None:
+        if watching and threading.get_ident() == me and statement.strip() != "SELECT 1":
             seen.append(statement.lstrip().split(None, 1)[0].upper())
 
-    sa.event.listen(engine, "before_cursor_execute", listen)
+    def checkout(dbapi_connection: Any, *_args: Any) -> None:
+        dbapi_connection.set_trace_callback(trace)
+
+    sa.event.listen(engine, "checkout", checkout)
     try:
         yield seen
     finally:
-        sa.event.remove(engine, "before_cursor_execute", listen)
+        watching = False
+        sa.event.remove(engine, "checkout", checkout)
 
 
 def record(**changes: Any) -> CardRecord:

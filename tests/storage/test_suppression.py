@@ -420,6 +420,29 @@ def test_the_fhir_server_is_part_of_the_subject_in_one_form(fhir_server: str, ke
         assert (subject.patient, subject.fhir_server, subject.status) == ("pat-1", key, "suspected")
 
 
+def test_a_read_that_fails_is_the_storage_error_not_a_500(
+    make_app: Any, database: dict[str, str]
+) -> None:
+    app = make_suppression_app(make_app, Clock(START), **database)
+    client = app.test_client()
+    assert set(call(client, ["respirator"])) == {"respirator"}
+    with app.extensions["cds_store"].engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE suppressions RENAME TO suppressions_gone"))
+    try:
+        body = {
+            "hook": "patient-view",
+            "hookInstance": str(uuid.uuid4()),
+            "context": {"patientId": "pat-1", "testFindings": ["respirator"]},
+        }
+        response = client.post(f"/cds-services/{SERVICE}", json=body)
+        assert response.status_code == 503
+        assert response.get_json()["error"]["code"] == "storage-unavailable"
+    finally:
+        with app.extensions["cds_store"].engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE suppressions_gone RENAME TO suppressions"))
+    assert set(call(client, ["respirator"])) == {"respirator"}
+
+
 # --- The policy from content ----------------------------------------------------------------
 
 
