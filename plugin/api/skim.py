@@ -99,29 +99,25 @@ def skim_body(raw: bytes, reads_condition: Callable[[bytes], bool]) -> dict[str,
 
 
 def _request(raw: bytes, reads_condition: Callable[[bytes], bool]) -> dict[str, Any]:
+    prefetch: Any
     try:
         request = _REQUEST.decode(raw)
     except msgspec.ValidationError:
-        pass  # other fields, or a prefetch that is not an object: member by member
+        # Other fields, or a prefetch that is not an object: member by member.
+        members = _MEMBERS.decode(raw)
+        found = members.pop("prefetch", None)
+        prefetch = msgspec.UNSET if found is None else _PREFETCH.decode(found)
     else:
-        body: dict[str, Any] = {}
-        for name in request.__struct_fields__:
-            value = getattr(request, name)
-            if value is msgspec.UNSET:
-                continue
-            if name != "prefetch":
-                body[name] = loads_strict(bytes(value))
-            elif value is None:
-                body[name] = None
-            else:
-                body[name] = {key: _value(item, reads_condition) for key, item in value.items()}
-        return body
-    body = {}
-    for name, value in _MEMBERS.decode(raw).items():
-        if name == "prefetch":
-            body[name] = _prefetch(value, reads_condition)
-        else:
-            body[name] = loads_strict(bytes(value))
+        fields = ((name, getattr(request, name)) for name in request.__struct_fields__)
+        members = {name: value for name, value in fields if value is not msgspec.UNSET}
+        prefetch = members.pop("prefetch", msgspec.UNSET)
+    body = {name: loads_strict(bytes(value)) for name, value in members.items()}
+    if prefetch is not msgspec.UNSET:
+        body["prefetch"] = (
+            None
+            if prefetch is None
+            else {key: _value(item, reads_condition) for key, item in prefetch.items()}
+        )
     return body
 
 
@@ -137,13 +133,6 @@ def _strict_utf8(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _prefetch(raw: msgspec.Raw, reads_condition: Callable[[bytes], bool]) -> Any:
-    values = _PREFETCH.decode(raw)
-    if values is None:
-        return None
-    return {key: _value(value, reads_condition) for key, value in values.items()}
 
 
 def _value(raw: msgspec.Raw, reads_condition: Callable[[bytes], bool]) -> Any:

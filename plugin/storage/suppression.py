@@ -112,16 +112,13 @@ class ActiveRead:
             values if self._positions is None else [values[name] for name in self._positions]
         )
         try:
-            connection = self.engine.raw_connection()
-            try:
-                cursor = connection.cursor()
-                try:
-                    cursor.execute(self.sql, parameters)
-                    return [tuple(row) for row in cursor.fetchall()]
-                finally:
-                    cursor.close()
-            finally:
-                connection.close()
+            # Closing the pool's connection hands it back to the pool.
+            with (
+                contextlib.closing(self.engine.raw_connection()) as connection,
+                contextlib.closing(connection.cursor()) as cursor,
+            ):
+                cursor.execute(self.sql, parameters)
+                return [tuple(row) for row in cursor.fetchall()]
         except self._errors as exc:
             raise StorageError() from exc
 
