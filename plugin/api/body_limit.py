@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import io
 
-from flask import Flask, current_app, request
+from flask import Flask
 
 from cds_hooks.errors import PayloadTooLarge
+from plugin.context import this_app, this_request
 
 CHUNK = 64 * 1024
 
 
 def enforce_body_limit() -> None:
+    request = this_request()
     environ = request.environ
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    limit = this_app().config.get("MAX_CONTENT_LENGTH")
     if limit is None or "wsgi.input_terminated" not in environ:
         return  # without a terminated stream Werkzeug reads only what Content-Length says
     declared = request.content_length

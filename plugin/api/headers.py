@@ -10,8 +10,9 @@ script.
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response
 
+from plugin.context import this_app, this_request
 from plugin.version import CDS_HOOKS_VERSION, __version__
 
 COMMON: dict[str, str] = {
@@ -36,8 +37,8 @@ HSTS = "max-age=31536000"
 
 
 def _served_over_https() -> bool:
-    public_url = str(current_app.config.get("CDS_PUBLIC_URL") or "")
-    return request.is_secure or public_url.startswith("https://")
+    public_url = str(this_app().config.get("CDS_PUBLIC_URL") or "")
+    return this_request().is_secure or public_url.startswith("https://")
 
 
 # Each set once, with the lower-case name the presence check compares.

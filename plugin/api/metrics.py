@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -32,6 +32,8 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+
+from plugin.context import this_app, this_g, this_request
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN = "(unknown)"
@@ -189,14 +191,13 @@ def _build() -> Metrics:
 
 
 def _metrics() -> Metrics:
-    metrics: Metrics = current_app.extensions["cds_metrics"]
+    metrics: Metrics = this_app().extensions["cds_metrics"]
     return metrics
 
 
-def _service_label(service_id: str | None) -> str:
+def _service_label(service_id: str | None, registry: Any) -> str:
     if not service_id:
         return ""
-    registry = current_app.extensions.get("cds_registry")
     known = registry is not None and any(service.id == service_id for service in registry)
     return service_id if known else UNKNOWN
 
@@ -244,28 +245,33 @@ def phase_failed(name: str, error: BaseException) -> None:
     how an unreachable or refusing FHIR server shows.
     """
     code = getattr(error, "code", None)
-    g.metrics_phase_error = (name, code if isinstance(code, str) else "unexpected")
+    this_g().metrics_phase_error = (name, code if isinstance(code, str) else "unexpected")
 
 
 def _start_timer() -> None:
-    g.metrics_start = time.perf_counter()
+    this_g().metrics_start = time.perf_counter()
 
 
 def _record(response: Response) -> Response:
-    metrics = _metrics()
-    start = g.get("metrics_start")
+    extensions = this_app().extensions
+    metrics: Metrics = extensions["cds_metrics"]
+    context = this_g()
+    request = this_request()
+    start = context.get("metrics_start")
     # Route names are a fixed set; a URL that matched no route counts as "(none)".
     endpoint = ENDPOINTS.get(request.endpoint or "", request.endpoint or "(none)")
-    service = _service_label((request.view_args or {}).get("service_id"))
+    service = _service_label(
+        (request.view_args or {}).get("service_id"), extensions.get("cds_registry")
+    )
     status = response.status_code
     metrics.child(metrics.requests, endpoint, service, str(status)).inc()
     if start is not None:
         metrics.child(metrics.request_seconds, endpoint, service).observe(
             time.perf_counter() - start
         )
-    for name, ms in g.get("timings", {}).items():
+    for name, ms in context.get("timings", {}).items():
         metrics.child(metrics.phase_seconds, service, name).observe(ms / 1000)
-    failed = g.get("metrics_phase_error")
+    failed = context.get("metrics_phase_error")
     if failed is not None:
         metrics.phase_errors.labels(service=service, phase=failed[0], code=failed[1]).inc()
     if status >= 400:

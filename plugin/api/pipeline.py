@@ -16,12 +16,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flask import current_app, g
-
 from cds_hooks.models import HookRequest
 from cds_hooks.prefetch import FhirAccess
 from cds_hooks.services import CdsService, Evaluation, Fitted, IssuedCard, ServiceRegistry
 from plugin.api import metrics
+from plugin.context import this_app, this_g
 from plugin.security.auth import Caller
 from plugin.storage.suppression import Suppressions, subject_of
 
@@ -46,7 +45,7 @@ class phase:
     ) -> None:
         if isinstance(error, Exception):
             metrics.phase_failed(self.name, error)
-        timings: dict[str, float] = g.setdefault("timings", {})
+        timings: dict[str, float] = this_g().setdefault("timings", {})
         timings[self.name] = round((time.perf_counter() - self.start) * 1000, 2)
 
 
@@ -102,11 +101,12 @@ class Pipeline:
         evaluation = self.evaluate(service, hook_request)
         fitted = self.issue(service, hook_request, evaluation, caller)
         issued = fitted.issued
-        g.call_log["cards"] = len(issued)
-        g.call_log["evaluated"] = len(evaluation.issued)
+        call_log = this_g().call_log
+        call_log["cards"] = len(issued)
+        call_log["evaluated"] = len(evaluation.issued)
         if fitted.cut:
             # Finding keys only (no patient data): which advice the cap still left out.
-            g.call_log["cut"] = list(fitted.cut)
+            call_log["cut"] = list(fitted.cut)
             metrics.count_cut(service.id, fitted.cut)
         metrics.count_cards(service.id, (item.finding for item in issued))
         return issued
@@ -118,12 +118,12 @@ def _count_reading(service_id: str, evaluation: Evaluation) -> None:
     counts = {how: n for how, n in counts.items() if n}
     if not counts:
         return
-    call_log = g.get("call_log")
+    call_log = this_g().get("call_log")
     if call_log is not None:
         call_log["resources"] = counts
     metrics.count_resources(service_id, counts)
 
 
 def get_pipeline() -> Pipeline:
-    pipeline: Pipeline = current_app.extensions["cds_pipeline"]
+    pipeline: Pipeline = this_app().extensions["cds_pipeline"]
     return pipeline

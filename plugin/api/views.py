@@ -24,6 +24,7 @@ from plugin.api import metrics
 from plugin.api.json_codec import loads_strict, may_escape_surrogate
 from plugin.api.pipeline import get_pipeline, phase
 from plugin.api.skim import SKIM_FROM_BYTES, skim_body
+from plugin.context import this_app, this_g, this_request
 from plugin.security import auth
 from plugin.storage import suppression
 from plugin.storage.store import Store
@@ -36,12 +37,12 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def get_registry() -> ServiceRegistry:
-    registry: ServiceRegistry = current_app.extensions["cds_registry"]
+    registry: ServiceRegistry = this_app().extensions["cds_registry"]
     return registry
 
 
 def get_store() -> Store:
-    store: Store = current_app.extensions["cds_store"]
+    store: Store = this_app().extensions["cds_store"]
     return store
 
 
@@ -81,9 +82,10 @@ def parse_body(
     With ``reads_condition`` (the service's :attr:`~cds_hooks.services.CdsService.reads_condition`)
     a large body is parsed without the prefetched Conditions the service does not read
     (``plugin.api.skim``)."""
-    if not request.mimetype or request.mimetype != "application/json":
+    req = this_request()
+    if not req.mimetype or req.mimetype != "application/json":
         raise UnsupportedMediaType()
-    raw = request.get_data(cache=False)
+    raw = req.get_data(cache=False)
     if json_containers(raw) > MAX_BODY_CONTAINERS:
         raise PayloadTooLarge(
             f"The body holds more than {MAX_BODY_CONTAINERS:,} JSON objects and arrays."
@@ -129,13 +131,14 @@ def discovery() -> Response:
 
 @bp.post("/cds-services/<service_id>")
 def call_service(service_id: str) -> Response:
-    g.call_log = {"service": service_id}
+    call_log: dict[str, Any] = {"service": service_id}
+    this_g().call_log = call_log
     with phase("auth"):
-        caller = auth.authenticate(request)
+        caller = auth.authenticate(this_request())
     service = get_registry().get(service_id)
     with phase("parse"):
         hook_request = parse_body(HookRequest, service.reads_condition)
-    g.call_log.update(hook=hook_request.hook, hookInstance=hook_request.hookInstance[:64])
+    call_log.update(hook=hook_request.hook, hookInstance=hook_request.hookInstance[:64])
     issued = get_pipeline().run(service, hook_request, caller)
     with phase("cards"):
         # What CdsResponse(cards=...).wire() gives (the service sends no systemActions); a card
@@ -202,10 +205,11 @@ def _log_line(call_log: dict[str, Any]) -> str:
 
 def log_call(response: Response) -> Response:
     """One structured line per CDS call: no patient ids, no tokens, no resource content."""
-    call_log = g.get("call_log")
+    context = this_g()
+    call_log = context.get("call_log")
     if call_log is not None:
         call_log["status"] = response.status_code
-        call_log["ms"] = g.get("timings", {})
+        call_log["ms"] = context.get("timings", {})
         if log.isEnabledFor(logging.INFO):
             log.info(_log_line(call_log))
     return response

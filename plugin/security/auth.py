@@ -24,10 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jwt
-from flask import Flask, Request, current_app
+from flask import Flask, Request
 
 from cds_hooks.errors import Unauthorized
 from plugin.config import as_bool, as_int, as_list
+from plugin.context import this_app
 from plugin.security.jwks import Jwk, KeySetCache, TrustedClient, load_trusted_clients
 from plugin.security.network import from_loopback
 from plugin.storage.store import Clock, utcnow
@@ -288,8 +289,9 @@ def authenticate(request: Request) -> Caller | None:
     """The verified caller, or ``None`` for an unsigned development call from loopback."""
     # Where ``request.headers.get("Authorization")`` finds it, without the headers' key mapping.
     header = request.environ.get("HTTP_AUTHORIZATION")
+    app = this_app()
     if header is None:
-        if as_bool(current_app.config["CDS_ALLOW_UNSIGNED"]) and from_loopback(request):
+        if as_bool(app.config["CDS_ALLOW_UNSIGNED"]) and from_loopback(request):
             return None
         log.warning("JWT rejected: no Authorization header")
         raise Unauthorized("A signed JWT is required (Authorization: Bearer).")
@@ -299,9 +301,9 @@ def authenticate(request: Request) -> Caller | None:
         log.warning("JWT rejected: Authorization is not a Bearer token")
         raise Unauthorized("The Authorization header must be 'Bearer <JWT>'.")
 
-    authenticator: Authenticator = current_app.extensions["cds_auth"]
-    audience = expected_audience(request, str(current_app.config["CDS_PUBLIC_URL"] or ""))
-    store = current_app.extensions["cds_store"]
+    authenticator: Authenticator = app.extensions["cds_auth"]
+    audience = expected_audience(request, str(app.config["CDS_PUBLIC_URL"] or ""))
+    store = app.extensions["cds_store"]
     try:
         return authenticator.verify(token, audience, store.remember_jti)
     except Rejected as exc:
