@@ -257,7 +257,7 @@ class _Evaluator:
             notifications=data.get(NOTIFICATIONS),
             now=now,
         )
-        facts = derive_facts(self.knowledge, sources)
+        facts = derive_facts(self.knowledge, sources, only_if_active=True)
         if not facts.active:
             return Evaluation([], skipped=facts.skipped, read_leniently=facts.read_leniently)
         findings = evaluate_rules(facts, self.wanted(facts))

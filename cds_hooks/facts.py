@@ -873,10 +873,13 @@ def _read_orders(
     orders: Sequence[Any] | None,
     reading: _Reading,
     selected: frozenset[str] | None = None,
+    only_if_active: bool = False,
 ) -> _Orders:
     """Step 3: aerosol-generating procedures and m-kopper tests among the orders; an ordered
     test means the clinician suspects m-kopper. With ``selected``, the procedure and the test
-    are read from the selected orders only (what was just chosen), the suspicion from all."""
+    are read from the selected orders only (what was just chosen), the suspicion from all.
+    With ``only_if_active``, an order that is only aerosol-generating is validated once the
+    orders have shown that the patient is suspected or confirmed, and not otherwise."""
     if orders is None:
         return _Orders()
     lab_tests = knowledge.valueset("mkopper-laboratory-tests")
@@ -884,12 +887,15 @@ def _read_orders(
     test_evidence: list[str] = []
     test_dates: list[dt.date] = []
     suspicion: list[str] = []
+    aerosol_only: list[dict[str, Any]] = []
     for order in _of_type(orders, "ServiceRequest"):
         is_test = _concept_in(order.get("code"), lab_tests)
         is_aerosol = _is_aerosol_generating(knowledge, order)
         if not (is_test or is_aerosol):
             continue
-        if not _validates(order, "ServiceRequest"):
+        if only_if_active and not is_test:
+            aerosol_only.append(order)
+        elif not _validates(order, "ServiceRequest"):
             reading.lenient += 1
         status = order.get("status")
         if not isinstance(status, str) or status not in _ORDER_COUNTS:
@@ -911,6 +917,8 @@ def _read_orders(
         reading.evidence.extend(suspicion)
         date = max(test_dates) if test_dates else None
         reading.bases.append(Basis("order", date, Status.SUSPECTED))
+    if reading.status is not Status.NONE:
+        reading.lenient += sum(not _validates(order, "ServiceRequest") for order in aerosol_only)
     return _Orders(
         aerosol=bool(aerosol_evidence),
         aerosol_evidence=tuple(aerosol_evidence),
@@ -919,15 +927,35 @@ def _read_orders(
     )
 
 
-def derive_facts(knowledge: Knowledge, sources: Sources) -> Facts:
+def derive_facts(knowledge: Knowledge, sources: Sources, *, only_if_active: bool = False) -> Facts:
     """The facts of one call, in named steps: conditions, laboratory, orders, procedures,
-    notifications, care setting."""
+    notifications, care setting.
+
+    The status is known after the orders, and every rule asks for a suspected or confirmed
+    patient first. With ``only_if_active`` (a service's evaluation), a patient the first three
+    steps find neither suspected nor confirmed gets those facts only: the procedures, the
+    notifications and the care setting are not read, and an order that is only
+    aerosol-generating is not validated (nothing they hold would give a card). Their
+    malformed resources are then not counted either: they were not read."""
     reading = _Reading()
     _read_conditions(knowledge, sources.conditions or [], reading)
     negative_after_positive = _read_laboratory(
         knowledge, sources.observations or [], reading, sources.now
     )
-    orders = _read_orders(knowledge, sources.orders, reading, sources.selected)
+    orders = _read_orders(knowledge, sources.orders, reading, sources.selected, only_if_active)
+    if only_if_active and reading.status is Status.NONE:
+        return Facts(
+            status=Status.NONE,
+            aerosol_procedure_ordered=orders.aerosol,
+            aerosol_procedure_evidence=orders.aerosol_evidence,
+            mkopper_test_ordered=orders.test,
+            mkopper_test_evidence=orders.test_evidence,
+            laboratory_negative_after_positive=negative_after_positive,
+            skipped=reading.skipped,
+            read_leniently=reading.lenient,
+            laboratory_outside_window=reading.outside_window,
+            basis=reading.basis(),
+        )
     performed, performed_evidence = _read_procedures(
         knowledge, sources.procedures, reading, sources.now
     )

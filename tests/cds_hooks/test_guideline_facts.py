@@ -442,6 +442,57 @@ def test_hostile_resources_never_crash(
     assert 0 <= facts.skipped <= 4 * len(resources)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    resources=st.lists(_resource | _json, max_size=5), encounter_id=st.none() | st.text(max_size=4)
+)
+def test_a_service_reads_the_same_facts_of_a_suspected_or_confirmed_patient(
+    knowledge: Any, resources: list[Any], encounter_id: str | None
+) -> None:
+    # only_if_active leaves steps out for a patient without m-kopper, and nothing else: the
+    # status is the same, and the facts of a suspected or confirmed patient are all the same.
+    sources = Sources(
+        conditions=resources,
+        observations=resources,
+        encounters=resources,
+        encounter_id=encounter_id,
+        orders=resources,
+        procedures=resources,
+        notifications=resources,
+    )
+    whole = derive_facts(knowledge, sources)
+    read = derive_facts(knowledge, sources, only_if_active=True)
+    assert read.status is whole.status
+    if whole.active:
+        assert read == whole
+    else:
+        assert read.skipped <= whole.skipped and read.read_leniently <= whole.read_leniently
+
+
+def test_without_m_kopper_the_encounter_and_aerosol_orders_are_not_read(knowledge: Any) -> None:
+    malformed = encounter({"system": ACT, "code": "IMP"})
+    malformed["status"] = 7
+    broken_order = order("10847001", subject="Patient/p")  # not a Reference: fails strict R4
+    sources = Sources(encounters=[malformed], encounter_id="e1", orders=[broken_order])
+    whole = derive_facts(knowledge, sources)
+    assert (whole.skipped, whole.read_leniently) == (1, 1)
+    read = derive_facts(knowledge, sources, only_if_active=True)
+    assert read.status is Status.NONE
+    assert (read.skipped, read.read_leniently) == (0, 0)
+    assert read.care_setting is CareSetting.UNKNOWN
+
+
+def test_a_test_order_makes_the_aerosol_orders_count_again(knowledge: Any) -> None:
+    # The same broken aerosol order, now beside an m-kopper test order: the patient is
+    # suspected, so the order is validated and counted as read leniently, as without the flag.
+    broken_order = order("10847001", subject="Patient/p")
+    sources = Sources(orders=[broken_order, order("100383-9", LOINC)])
+    read = derive_facts(knowledge, sources, only_if_active=True)
+    assert read.status is Status.SUSPECTED
+    assert read.read_leniently == 1
+    assert read == derive_facts(knowledge, sources)
+
+
 # --- Free text as people type it (issue: case detection on real records) ----------------------
 
 
