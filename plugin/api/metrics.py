@@ -176,7 +176,7 @@ def _build() -> Metrics:
             "cds_resources_unusual",
             "FHIR resources the rules' reading did not take as given, by CDS service and how: "
             "`skipped` (malformed, left out) or `read_leniently` (failed strict R4 validation "
-            "but names m-kopper, read field by field).",
+            "but names m-kopper, read field by field). Only what the rules read counts.",
             ["service", "how"],
             registry=registry,
         ),
