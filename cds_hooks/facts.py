@@ -943,26 +943,14 @@ def derive_facts(knowledge: Knowledge, sources: Sources, *, only_if_active: bool
         knowledge, sources.observations or [], reading, sources.now
     )
     orders = _read_orders(knowledge, sources.orders, reading, sources.selected, only_if_active)
-    if only_if_active and reading.status is Status.NONE:
-        return Facts(
-            status=Status.NONE,
-            aerosol_procedure_ordered=orders.aerosol,
-            aerosol_procedure_evidence=orders.aerosol_evidence,
-            mkopper_test_ordered=orders.test,
-            mkopper_test_evidence=orders.test_evidence,
-            laboratory_negative_after_positive=negative_after_positive,
-            skipped=reading.skipped,
-            read_leniently=reading.lenient,
-            laboratory_outside_window=reading.outside_window,
-            basis=reading.basis(),
-        )
+    rest = not (only_if_active and reading.status is Status.NONE)
     performed, performed_evidence = _read_procedures(
-        knowledge, sources.procedures, reading, sources.now
+        knowledge, sources.procedures if rest else None, reading, sources.now
     )
     setting: CareSetting = CareSetting.UNKNOWN
     setting_evidence: tuple[str, ...] = ()
     bad_encounters = 0
-    if sources.encounters is not None:
+    if rest and sources.encounters is not None:
         setting, setting_evidence, bad_encounters = _care_setting(
             knowledge, sources.encounters, sources.encounter_id
         )
@@ -976,7 +964,9 @@ def derive_facts(knowledge: Knowledge, sources: Sources, *, only_if_active: bool
         aerosol_procedure_evidence=orders.aerosol_evidence,
         aerosol_procedure_performed=performed,
         aerosol_procedure_performed_evidence=performed_evidence,
-        notification_recorded=_read_notifications(knowledge, sources.notifications, sources.now),
+        notification_recorded=_read_notifications(
+            knowledge, sources.notifications if rest else None, sources.now
+        ),
         mkopper_test_ordered=orders.test,
         mkopper_test_evidence=orders.test_evidence,
         laboratory_negative_after_positive=negative_after_positive,

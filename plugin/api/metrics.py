@@ -254,7 +254,7 @@ def _start_timer() -> None:
 
 def _record(response: Response) -> Response:
     extensions = this_app().extensions
-    metrics: Metrics = extensions["cds_metrics"]
+    metrics = _metrics()
     context = this_g()
     request = this_request()
     start = context.get("metrics_start")
