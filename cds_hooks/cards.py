@@ -4,13 +4,15 @@ One card kind per finding. A finding whose content names ``merge_into`` is folde
 finding's card when both are present (related advice merged, not repeated). Cards are sorted by
 urgency (indicator, then the content's priority). Under the card cap, :class:`CapFitter` folds
 a card whose content names ``merge_when_cut`` into the first of those cards still shown rather
-than cut it, and re-renders that card; what cannot be folded is cut and named. Every rendering
-makes fresh uuids, so feedback can be joined to the very card shown.
+than cut it; what cannot be folded is cut and named. Every card of a call gets fresh uuids, so
+feedback can be joined to the very card shown.
 
 What a card says apart from the call (its texts, source, links, override reasons) is made and
-validated once per content object, group of findings and language (a template); a call fills
-in the uuids, the evidence line and the notification's Communication, and the wire form comes
-from the template's (:class:`~cds_hooks.models.WireTemplate`).
+validated once per content object, group of findings and language (a template). A call's card
+(:class:`RenderedCard`) is its template and what the call fills in: the uuids, the evidence
+line and the notification's Communication. It is made only when it is shown, so the cards that
+suppression drops, the cap folds or cuts cost no rendering; the wire form comes from the
+template's (:class:`~cds_hooks.models.WireTemplate`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import re
 import uuid
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cds_hooks.facts import NOTIFICATION_CATEGORY, Status
@@ -156,6 +158,9 @@ class _Template:
     card: WireTemplate[Card]
     detail_head: str
     detail_tail: str
+    # The card's kind (its source.topic code) and the override reason codes it offers.
+    kind: str
+    reasons: tuple[str, ...]
     # The notification's suggestion and action, validated with a stand-in resource: the uuid
     # and the Communication (encounter, time, sender, evidence) are the call's.
     suggestion: WireTemplate[Suggestion] | None = None
@@ -280,47 +285,77 @@ def _build_template(
         filled=("uuid", "detail", "suggestions"),
         items={"suggestions": suggestion} if suggestion else None,
     )
-    return _Template(template, detail_head, detail_tail, suggestion, action)
-
-
-def _card(
-    knowledge: Knowledge, group: Sequence[Finding], context: RenderContext, language: Language
-) -> tuple[Card, WireTemplate[Card]]:
-    """The card for this group in this call: its template with a fresh uuid, the evidence
-    line and the notification's record filled in."""
-    template = _template(knowledge, group, language)
-    host = group[0]
-    basis = _basis_line(knowledge, host, language)
-    detail = (
-        f"{template.detail_head}\n\n{basis}{template.detail_tail}"
-        if basis
-        else template.detail_head + template.detail_tail
+    return _Template(
+        template, detail_head, detail_tail, host.key, tuple(reasons), suggestion, action
     )
-    suggestions: list[Suggestion] | None = None
-    if template.suggestion is not None and template.action is not None:
-        resource = notification_record(knowledge, context, host.evidence, language)
-        action = template.action.fill(resource=resource)
-        suggestions = [template.suggestion.fill(uuid=str(uuid.uuid4()), actions=[action])]
-    card = template.card.fill(uuid=str(uuid.uuid4()), detail=detail, suggestions=suggestions)
-    return card, template.card
 
 
 @dataclass(frozen=True, slots=True)
 class RenderedCard(IssuedCard):
-    """An issued card that remembers what it was rendered from, so that it can be rendered
-    again with more advice folded in, and the template whose wire form it shares."""
+    """A card of one group of findings, made from its template when it is shown.
 
-    group: tuple[Finding, ...] = ()
-    context: RenderContext | None = None
-    language: Language = "nb"
-    template: WireTemplate[Card] | None = None
+    Until then it is its template and what the call fills in (the context, the evidence,
+    fresh uuids): suppression, the cap and the seal read the finding, the kind, the override
+    reasons and the uuid from the template, so a card folded into another, suppressed or cut
+    is never made. :attr:`card` makes it once; :meth:`wire` gives its wire form from the
+    template's."""
+
+    knowledge: Knowledge = field(repr=False, compare=False)
+    group: tuple[Finding, ...]
+    context: RenderContext
+    language: Language
+    template: _Template
+    # A field where the base has a property: field() so that the property is not its default.
+    uuid: str = field()
+    # The uuid of the notification's suggestion, for a card that offers one.
+    suggestion_uuid: str | None = None
+    merged: tuple[str, ...] = ()
+    _card: Card | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def finding(self) -> str:  # type: ignore[override]
+        return self.group[0].key
+
+    @property
+    def kind(self) -> str:
+        return self.template.kind
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return self.template.reasons
+
+    @property
+    def card(self) -> Card:
+        card = self._card
+        if card is None:
+            card = self._make()
+            object.__setattr__(self, "_card", card)
+        return card
+
+    def _make(self) -> Card:
+        """The template with this call's uuid, evidence line and notification record."""
+        template, host = self.template, self.group[0]
+        basis = _basis_line(self.knowledge, host, self.language)
+        detail = (
+            f"{template.detail_head}\n\n{basis}{template.detail_tail}"
+            if basis
+            else template.detail_head + template.detail_tail
+        )
+        suggestions: list[Suggestion] | None = None
+        if template.suggestion is not None and template.action is not None:
+            resource = notification_record(
+                self.knowledge, self.context, host.evidence, self.language
+            )
+            action = template.action.fill(resource=resource)
+            suggestions = [template.suggestion.fill(uuid=self.suggestion_uuid, actions=[action])]
+        return template.card.fill(uuid=self.uuid, detail=detail, suggestions=suggestions)
+
+    def with_uuid(self, uuid: str) -> RenderedCard:
+        return replace(self, uuid=uuid)
 
     def wire(self) -> dict[str, Any]:
-        if self.template is not None:
-            data = self.template.wire(self.card)
-            if data is not None:
-                return data
-        return self.card.wire()
+        data = self.template.card.wire(self.card)
+        return data if data is not None else self.card.wire()
 
 
 def _issued(
@@ -330,15 +365,17 @@ def _issued(
     language: Language,
     merged: tuple[str, ...] = (),
 ) -> RenderedCard:
-    card, template = _card(knowledge, group, context, language)
+    """The card for this group in this call, with fresh uuids; made when it is shown."""
+    template = _template(knowledge, group, language)
     return RenderedCard(
-        card=card,
-        finding=group[0].key,
-        merged=merged,
+        knowledge=knowledge,
         group=tuple(group),
         context=context,
         language=language,
         template=template,
+        uuid=str(uuid.uuid4()),
+        suggestion_uuid=str(uuid.uuid4()) if template.suggestion is not None else None,
+        merged=merged,
     )
 
 
@@ -365,8 +402,9 @@ class CapFitter:
 
     While there are more cards than ``limit``, the least urgent card whose content names
     ``merge_when_cut`` is folded into the first of those cards that will be shown (one within
-    the first ``limit``), which is rendered again with a fresh uuid. When nothing more can be
-    folded, the rest is cut as :func:`~cds_hooks.services.cut_to` does, and named.
+    the first ``limit``), which takes the template of its grown group and fresh uuids (neither
+    card has been made yet: only the one shown is). When nothing more can be folded, the rest
+    is cut as :func:`~cds_hooks.services.cut_to` does, and named.
     """
 
     def __init__(self, knowledge: Knowledge) -> None:
@@ -401,7 +439,7 @@ class CapFitter:
                 if host_index is None:
                     continue
                 host = cards[host_index]
-                if not isinstance(host, RenderedCard) or host.context is None:
+                if not isinstance(host, RenderedCard):
                     continue
                 merged = _issued(
                     self.knowledge,

@@ -33,18 +33,59 @@ class PrefetchData:
         return self.resources.get(key)
 
 
-@dataclass(frozen=True, slots=True)
 class IssuedCard:
-    """A card and the finding (kebab-case key) it was rendered from."""
+    """A card to show and the finding (kebab-case key) it answers.
 
-    card: Card
+    What suppression and the card cap read (the finding, the findings merged into it, its
+    kind, the override reasons it offers, its uuid) is known without the card itself, so a
+    card that is suppressed, folded into another or cut need never be made: :attr:`card` and
+    :meth:`wire` make it. :class:`StaticCard` is a card given whole; the guideline's cards are
+    rendered from their content only when shown (``cds_hooks.cards.RenderedCard``).
+    """
+
+    __slots__ = ()
+
     finding: str
     # Findings folded into this card besides its own (related advice merged, not repeated).
-    merged: tuple[str, ...] = ()
+    merged: tuple[str, ...]
+
+    @property
+    def card(self) -> Card:
+        raise NotImplementedError
+
+    @property
+    def uuid(self) -> str | None:
+        """The uuid the card will carry (feedback names a card by it)."""
+        return self.card.uuid
+
+    @property
+    def kind(self) -> str:
+        """The card's kind: its ``source.topic`` code, else its finding."""
+        topic = self.card.source.topic
+        return topic.code if topic and topic.code else self.finding
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The override reason codes the card offers (feedback may use only these)."""
+        return tuple(reason.code for reason in self.card.overrideReasons or [] if reason.code)
+
+    def with_uuid(self, uuid: str) -> IssuedCard:
+        """The same card with another uuid."""
+        return StaticCard(self.card.model_copy(update={"uuid": uuid}), self.finding, self.merged)
 
     def wire(self) -> dict[str, Any]:
         """The card as it goes on the wire: what ``card.wire()`` gives."""
         return self.card.wire()
+
+
+@dataclass(frozen=True, slots=True)
+class StaticCard(IssuedCard):
+    """A card given whole, and the finding it was made for."""
+
+    # A field where the base has a property: field() so that the property is not its default.
+    card: Card = field()
+    finding: str
+    merged: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

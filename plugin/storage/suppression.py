@@ -126,15 +126,9 @@ class ActiveRead:
 _EXPIRED = suppressions.delete().where(suppressions.c.expires_at <= sa.bindparam("now"))
 
 
-def offered_reasons(item: IssuedCard) -> tuple[str, ...]:
-    """The override reason codes a card offered (feedback may use only these)."""
-    return tuple(reason.code for reason in item.card.overrideReasons or [] if reason.code)
-
-
 def card_kind(item: IssuedCard) -> str:
     """The kind of a card: its source.topic code, else the finding it was rendered from."""
-    topic = item.card.source.topic
-    return (topic.code if topic else item.finding)[:100]
+    return item.kind[:100]
 
 
 # --- The keyed hash -------------------------------------------------------------------------
@@ -394,7 +388,7 @@ class Suppressions:
         encounter_hash: str | None = None
         sealed: list[IssuedCard] = []
         for item in kept:
-            if not item.card.uuid:
+            if not item.uuid:
                 sealed.append(item)
                 continue
             scope = NO_ENCOUNTER
@@ -414,11 +408,11 @@ class Suppressions:
                 patient_hash=patient_hash,
                 encounter_hash=scope,
                 status=subject.status,
-                reasons=offered_reasons(item),
+                reasons=item.reasons,
                 issued_at=now,
             )
             token = self.tokens.seal(record, service_id, subject.caller)
-            sealed.append(replace(item, card=item.card.model_copy(update={"uuid": token})))
+            sealed.append(item.with_uuid(token))
         return sealed
 
     def join(

@@ -15,7 +15,13 @@ import pytest
 from flask import Flask
 
 from cds_hooks.models import Card, Coding, HookRequest, Source
-from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
+from cds_hooks.services import (
+    CdsService,
+    Evaluation,
+    PrefetchData,
+    ServiceRegistry,
+    StaticCard,
+)
 from plugin.admin.report import build_report, daily_chart
 from plugin.storage.schema import feedback, issued_counts
 from tests.storage.test_suppression import call, make_suppression_app, override
@@ -289,7 +295,7 @@ def test_unknown_reasons_are_counted_as_other_and_free_text_never_shown(make_app
 
 def _formula_kind(request: HookRequest, data: PrefetchData) -> Evaluation:
     card = Card(summary="x", indicator="info", source=Source(label="t", topic=Coding(code="=1+1")))
-    return Evaluation([IssuedCard(card=card, finding="formula")])
+    return Evaluation([StaticCard(card=card, finding="formula")])
 
 
 def test_csv_cells_never_start_a_formula(make_app: Any) -> None:

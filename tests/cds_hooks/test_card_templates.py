@@ -34,6 +34,7 @@ from cds_hooks.models import (
 )
 from cds_hooks.prefetch import resolve
 from cds_hooks.rules import NOTIFY_MUNICIPAL_DOCTOR, Finding
+from cds_hooks.services import StaticCard
 from tests.support.golden import NOW, golden_clock, iter_cases
 
 UUID_KEYS = ("uuid",)
@@ -178,6 +179,9 @@ def test_a_card_from_its_template_is_the_card_a_fresh_render_gives(
             assert _masked(item.card.model_dump()) == _masked(fresh.model_dump())
             assert _bytes(item.wire()) == _bytes(fresh.wire())
             assert _bytes(item.card.wire()) == _bytes(fresh.wire())
+            # What suppression and the seal read without making the card: the card's own.
+            whole = StaticCard(item.card, item.finding)
+            assert (item.kind, item.reasons, item.uuid) == (whole.kind, whole.reasons, whole.uuid)
 
 
 def test_every_golden_answer_from_templates_is_byte_for_byte_card_wire() -> None:
@@ -195,7 +199,7 @@ def test_every_golden_answer_from_templates_is_byte_for_byte_card_wire() -> None
             assert json.dumps(answer) == json.dumps(reference), case.id
             for item in evaluation.issued:
                 assert isinstance(item, RenderedCard) and item.template is not None
-                assert item.template.wire(item.card) is not None  # from the template
+                assert item.template.card.wire(item.card) is not None  # from the template
                 checked += 1
     assert checked > 100
 
@@ -233,8 +237,7 @@ def test_two_calls_get_their_own_uuids_and_evidence(knowledge: Knowledge) -> Non
     assert second_record["sent"] == "2026-11-25T10:01:00Z"
     assert first_record["sent"] == "2026-11-25T10:00:00Z"
     # Nothing of either call stays in the template.
-    template = first.template
-    assert template is not None
+    template = first.template.card
     assert template.model.uuid is None
     assert "2026" not in (template.model.detail or "").split("---")[0]
     assert first.wire() == one  # and the first card did not take the second's values
@@ -244,24 +247,44 @@ def test_a_sealed_copy_keeps_the_template_and_a_changed_card_leaves_it(
     knowledge: Knowledge,
 ) -> None:
     (item,) = render_cards(knowledge, [Finding("infectious-period", ("Condition/c",))], CONTEXTS[1])
-    assert isinstance(item, RenderedCard) and item.template is not None
+    assert isinstance(item, RenderedCard)
     # What Suppressions._seal does: another uuid, the rest shared.
-    sealed = RenderedCard(
-        card=item.card.model_copy(update={"uuid": "token"}),
-        finding=item.finding,
-        template=item.template,
-    )
+    sealed = item.with_uuid("token")
+    assert isinstance(sealed, RenderedCard) and sealed.template is item.template
     assert sealed.wire() == {**item.card.wire(), "uuid": "token"}
-    assert item.template.wire(sealed.card) is not None
+    assert item.template.card.wire(sealed.card) is not None
     # A card whose shared fields are not the template's any more is dumped as it is.
-    changed = RenderedCard(
-        card=item.card.model_copy(update={"summary": "Changed"}),
-        finding=item.finding,
-        template=item.template,
-    )
-    assert item.template.wire(changed.card) is None
+    changed = StaticCard(item.card.model_copy(update={"summary": "Changed"}), item.finding)
+    assert item.template.card.wire(changed.card) is None
     assert changed.wire()["summary"] == "Changed"
     assert changed.wire() == changed.card.wire()
+
+
+def test_only_the_cards_shown_are_made(
+    knowledge: Knowledge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+    make = RenderedCard._make
+
+    def counted(self: RenderedCard) -> Card:
+        made.append(self.finding)
+        return make(self)
+
+    monkeypatch.setattr(RenderedCard, "_make", counted)
+    findings = [
+        Finding("notify-municipal-doctor", ("Condition/c",)),
+        Finding("isolation-inpatient", ("Condition/c",)),
+        Finding("contact-tracing", ("Condition/c",)),
+        Finding("staff-in-vulnerable-groups", ("Condition/c",)),
+        Finding("infectious-period", ("Condition/c",)),
+    ]
+    issued = render_cards(knowledge, findings, CONTEXTS[0], max_cards=2)
+    assert made == []  # planned, folded and cut without making a card
+    shown = [item.wire() for item in issued]
+    assert [item.finding for item in issued] == made and len(made) == 2
+    for item, wire in zip(issued, shown, strict=True):
+        assert item.wire() == wire  # made once: the same uuids on every read
+        assert item.card is item.card
 
 
 def test_an_answer_may_be_changed_without_changing_the_next(knowledge: Knowledge) -> None:

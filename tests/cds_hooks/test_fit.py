@@ -14,13 +14,13 @@ from cds_hooks.cards import CapFitter, RenderContext, render_cards
 from cds_hooks.knowledge import load_knowledge
 from cds_hooks.models import Card, Source
 from cds_hooks.rules import Finding
-from cds_hooks.services import IssuedCard, cut_to
+from cds_hooks.services import IssuedCard, StaticCard, cut_to
 from tests.support.golden import CASES_DIR
 
 
 def _item(finding: str, *merged: str) -> IssuedCard:
     card = Card(summary=finding, indicator="info", source=Source(label="test"))
-    return IssuedCard(card=card, finding=finding, merged=merged)
+    return StaticCard(card=card, finding=finding, merged=merged)
 
 
 def test_keeps_the_first_cards_and_names_every_finding_it_cuts() -> None:

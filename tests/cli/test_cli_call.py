@@ -18,7 +18,13 @@ import responses
 
 from cds_hooks.fhir import parse_resource
 from cds_hooks.models import Card, HookRequest, Source
-from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
+from cds_hooks.services import (
+    CdsService,
+    Evaluation,
+    PrefetchData,
+    ServiceRegistry,
+    StaticCard,
+)
 from plugin.cli import client_key
 from plugin.cli.call_request import HOOKS, CallInput, build_context, parse_code
 from plugin.cli.client_key import load_or_create
@@ -55,7 +61,7 @@ class Recorder:
             indicator="critical",
             source=Source(label="test source"),
         )
-        return Evaluation([IssuedCard(card=card, finding="test-finding")])
+        return Evaluation([StaticCard(card=card, finding="test-finding")])
 
 
 @pytest.fixture

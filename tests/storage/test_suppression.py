@@ -18,7 +18,13 @@ from flask.testing import FlaskClient
 
 from cds_hooks.knowledge import load_knowledge
 from cds_hooks.models import Card, Coding, HookRequest, Source
-from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
+from cds_hooks.services import (
+    CdsService,
+    Evaluation,
+    PrefetchData,
+    ServiceRegistry,
+    StaticCard,
+)
 from plugin.config import load_settings
 from plugin.storage.suppression import (
     KEY_FILE,
@@ -43,7 +49,7 @@ def _evaluate(request: HookRequest, data: PrefetchData) -> Evaluation:
     findings: Sequence[str] = request.context.get("testFindings") or []
     return Evaluation(
         issued=[
-            IssuedCard(
+            StaticCard(
                 card=Card(
                     summary=f"card {finding}",
                     indicator="warning",
@@ -569,7 +575,7 @@ def test_concurrent_calls_and_overrides_over_two_instances(make_app: Any) -> Non
 
 def _no_uuid(request: HookRequest, data: PrefetchData) -> Evaluation:
     card = Card(uuid=None, summary="x", indicator="info", source=Source(label="t"))
-    return Evaluation([IssuedCard(card=card, finding="respirator")], status="suspected")
+    return Evaluation([StaticCard(card=card, finding="respirator")], status="suspected")
 
 
 def test_cards_without_uuid_are_shown_and_counted_without_one(make_app: Any) -> None:

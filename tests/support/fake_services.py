@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from cds_hooks.models import Card, Coding, HookRequest, Source
-from cds_hooks.services import CdsService, Evaluation, IssuedCard, PrefetchData, ServiceRegistry
+from cds_hooks.services import (
+    CdsService,
+    Evaluation,
+    PrefetchData,
+    ServiceRegistry,
+    StaticCard,
+)
 
 
 def _echo(request: HookRequest, data: PrefetchData) -> Evaluation:
@@ -12,7 +18,7 @@ def _echo(request: HookRequest, data: PrefetchData) -> Evaluation:
         raise RuntimeError(f"patient {request.context['patientId']} secret detail")
     return Evaluation(
         issued=[
-            IssuedCard(
+            StaticCard(
                 card=Card(
                     summary=f"{len(conditions)} conditions",
                     indicator="info",
