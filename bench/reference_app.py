@@ -18,6 +18,7 @@ from flask import Flask, Response, jsonify, request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from plugin.cli import balanced
 from plugin.cli.serve import (
     DEFAULT_THREADS,
     DEFAULT_WORKER_CLASS,
@@ -53,9 +54,13 @@ def main() -> int:
     args = parser.parse_args()
     app = create_reference_app()
     options = gunicorn_options(args.host, args.port, args.workers, args.worker_class, args.threads)
-    # The reference has no database and no metrics: keep only the plain settings.
+    # The reference has no database and no metrics: keep only the plain settings, and the
+    # balanced workers' table of connections.
     options.pop("post_fork")
-    options.pop("child_exit")
+    if args.worker_class == "balanced":
+        options["child_exit"] = balanced.child_exit
+    else:
+        options.pop("child_exit")
     run_gunicorn(lambda: app, options)
     return 0
 

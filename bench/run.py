@@ -58,7 +58,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.rate import constant_rate  # noqa: E402 - after the path is set
-from plugin.cli.serve import DEFAULT_THREADS  # noqa: E402 - the service's own default
+from plugin.cli.serve import (  # noqa: E402 - the service's own defaults
+    DEFAULT_THREADS,
+    DEFAULT_WORKER_CLASS,
+    WORKER_CLASSES,
+)
 from tests.support.fhirserver import FhirTestServer, server_available  # noqa: E402
 from tests.support.jwt_keys import ISSUER, ec_key, write_trusted_clients  # noqa: E402
 
@@ -660,7 +664,7 @@ def main() -> int:
         help="configurations one after the other, as class:workers[:threads], comma-separated",
     )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"))
+    parser.add_argument("--worker-class", default=DEFAULT_WORKER_CLASS, choices=WORKER_CLASSES)
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--duration", type=int, default=10, help="seconds per figure")
@@ -714,7 +718,7 @@ def main() -> int:
                     f"worker RSS {result['worker_rss_mb']} MB (PSS {result['worker_pss_mb']} MB), "
                     f"ready {result['ready_s']} s, SIGTERM exit {result['sigterm_exit_s']} s; "
                     f"{kind}, {count} workers"
-                    + (f", {args.threads} threads" if kind == "gthread" else "")
+                    + (f", {args.threads} threads" if kind != "sync" else "")
                     + (
                         f"; medians of {args.rounds} interleaved rounds"
                         if args.rounds > 1

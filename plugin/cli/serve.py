@@ -30,8 +30,11 @@ from cds_hooks.fhir import warm_up
 from plugin.api import metrics
 from plugin.config import as_int, data_dir, database_url, load_settings
 
-WORKER_CLASSES = ("gthread", "sync")
+WORKER_CLASSES = ("gthread", "balanced", "sync")
 DEFAULT_WORKER_CLASS = "gthread"
+# "balanced": gunicorn's gthread worker taking a new connection only while it holds no more
+# than the others (plugin.cli.balanced).
+_GUNICORN_CLASS = {"balanced": "plugin.cli.balanced.BalancedThreadWorker"}
 # Threads per gthread worker. Gunicorn parks a connection that has sent nothing in its
 # poller, but a client sending its headers slowly holds a thread until they are complete,
 # and so does a call waiting on a slow FHIR server. Idle threads cost little (the pool
@@ -86,8 +89,8 @@ def gunicorn_options(
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": worker_class,
-        "threads": threads if worker_class == "gthread" else 1,
+        "worker_class": _GUNICORN_CLASS.get(worker_class, worker_class),
+        "threads": threads if worker_class != "sync" else 1,
         "preload_app": True,
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
         "timeout": 30,
@@ -98,6 +101,7 @@ def gunicorn_options(
         # Gunicorn's largest (its default is 4094); over it, 414 in JSON.
         "limit_request_line": 8190,
         "logger_class": redacting_logger_class,
+        "pre_fork": _pre_fork,
         "post_fork": _post_fork,
         "child_exit": _child_exit,
     }
@@ -176,8 +180,19 @@ def _post_fork(_server: Any, worker: Any) -> None:
         store.engine.dispose(close=False)
 
 
-def _child_exit(_server: Any, worker: Any) -> None:
+def _pre_fork(server: Any, worker: Any) -> None:
+    if server.cfg.worker_class_str == _GUNICORN_CLASS["balanced"]:
+        from plugin.cli import balanced
+
+        balanced.pre_fork(server, worker)
+
+
+def _child_exit(server: Any, worker: Any) -> None:
     metrics.mark_worker_dead(worker.pid)
+    if server.cfg.worker_class_str == _GUNICORN_CLASS["balanced"]:
+        from plugin.cli import balanced
+
+        balanced.child_exit(server, worker)
 
 
 def run_gunicorn(load: Callable[[], Any], options: dict[str, Any]) -> None:
