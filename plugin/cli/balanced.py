@@ -15,13 +15,27 @@ row of before each fork and clears when the worker exits. One worker always has 
 one always accepts; slow clients count like the others and are spread over the workers too,
 and a worker's threads still park them (the slow-client requirement of docs/operations.md).
 A worker that stops accepting for balance looks again every :data:`RECHECK_S`, since the other
-worker's count changes without waking it.
+worker's count changes without waking it. A worker publishes its count at least once a second
+(gunicorn's loop wakes that often); a row not published for :data:`STALE_S` is not counted, so
+a worker that hangs with few connections does not hold the others back until gunicorn's
+timeout replaces it.
+
+A thread that has answered a request on a kept-alive connection also waits up to
+:data:`LINGER_S` for the next request on it, and answers that itself, before handing the
+connection back to the poller: an EHR under load sends its next call on the connection as soon
+as it has the answer, and each trip through gunicorn's poller (the future's callback, the
+wake-up pipe, the socket registered and unregistered) cost more CPU than a short wait on the
+socket (docs/operations.md). A lingering thread uses no CPU, and a connection that sends
+nothing within the wait goes back to the poller as before.
 """
 
 from __future__ import annotations
 
 import ctypes
 import multiprocessing.sharedctypes
+import select
+import time
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
@@ -31,6 +45,11 @@ from gunicorn.workers.gthread import ThreadWorker
 ROWS_PER_WORKER = 2
 # How often a worker that stopped accepting for balance looks at the others' counts again.
 RECHECK_S = 0.005
+# How long a thread that answered a kept-alive request waits for the next one on the same
+# connection before it hands the connection back to the poller.
+LINGER_S = 0.02
+# A row published longer ago than this is a worker that is not running its loop.
+STALE_S = 3.0
 FREE = -1
 
 
@@ -44,14 +63,18 @@ class Board:
     """Each live worker's open connections, one row per worker, in memory shared by the master
     and its workers (made before the first fork)."""
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self, rows: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.counts = multiprocessing.sharedctypes.RawArray(ctypes.c_long, [FREE] * rows)
+        # When each row was last published (the monotonic clock is the same in every process).
+        self.published = multiprocessing.sharedctypes.RawArray(ctypes.c_double, rows)
+        self.clock = clock
 
     def claim(self, taken: set[int]) -> int | None:
         """A free row for a worker about to be forked (in the master); None when none is."""
         for row in range(len(self.counts)):
             if row not in taken:
                 self.counts[row] = 0
+                self.published[row] = self.clock()
                 return row
         return None
 
@@ -62,10 +85,17 @@ class Board:
 
     def publish(self, row: int, count: int) -> None:
         self.counts[row] = count
+        self.published[row] = self.clock()
 
     def others(self, row: int) -> list[int]:
-        counts = self.counts
-        return [counts[i] for i in range(len(counts)) if i != row and counts[i] != FREE]
+        """The counts of the other live workers that published within :data:`STALE_S`."""
+        counts, published = self.counts, self.published
+        since = self.clock() - STALE_S
+        return [
+            counts[i]
+            for i in range(len(counts))
+            if i != row and counts[i] != FREE and published[i] >= since
+        ]
 
 
 _BOARD: Board | None = None
@@ -115,3 +145,22 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
         if not self._accepting and self.nr_conns < self.worker_connections:
             timeout = min(timeout, RECHECK_S)  # held back for balance: look again soon
         super().wait_for_and_dispatch_events(timeout)
+
+    def handle(self, conn: Any) -> Any:
+        """Gunicorn's ``handle``, then the next requests on the same kept-alive connection
+        while each arrives within :data:`LINGER_S` (plain HTTP/1.1; not while stopping)."""
+        keep = super().handle(conn)
+        if keep is not True or conn.is_http2 or self.cfg.is_ssl:
+            return keep
+        waiting: select.poll | None = None
+        while keep is True and self.alive:
+            # A body drain may have read the next request ahead: then the socket is not
+            # readable, but the request is there.
+            if not conn.parser.unreader.buf.getvalue():
+                if waiting is None:
+                    waiting = select.poll()
+                    waiting.register(conn.sock.fileno(), select.POLLIN)
+                if not waiting.poll(LINGER_S * 1000):
+                    break
+            keep = super().handle(conn)
+        return keep

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin.cli.balanced import FREE, Board, fair_share
+from plugin.cli.balanced import FREE, STALE_S, Board, fair_share
 from tests.support.service_process import ServiceProcess
 
 CONNECTIONS = 16
@@ -42,6 +42,22 @@ def test_the_table_gives_each_worker_a_row_and_frees_it() -> None:
     assert board.counts[1] == FREE and board.others(0) == []
     assert board.claim({0}) == 1 and board.counts[1] == 0  # a replacement starts at zero
     assert board.claim({0, 1, 2}) is None  # full: the worker accepts as plain gthread does
+
+
+def test_a_worker_that_stopped_publishing_is_not_counted() -> None:
+    now = [100.0]
+    board = Board(2, clock=lambda: now[0])
+    board.claim(set())
+    board.claim({0})
+    board.publish(0, 9)
+    board.publish(1, 2)  # then hangs
+    now[0] += STALE_S - 0.5
+    board.publish(0, 9)
+    assert board.others(0) == [2]  # still counted: worker 0 holds back
+    now[0] += 1.0
+    assert board.others(0) == []  # stale: worker 0 takes connections again
+    board.publish(1, 2)
+    assert board.others(0) == [2]  # back once it publishes again
 
 
 def _server_sockets(port: int) -> dict[int, int]:
@@ -143,3 +159,28 @@ def test_a_killed_worker_leaves_no_worker_holding_back(balanced: ServiceProcess)
     finally:
         for sock in socks:
             sock.close()
+
+
+def _answers(sock: socket.socket, count: int) -> bytes:
+    received = b""
+    while received.count(b'{"status":"ok"}') < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {received.count(b'HTTP/1.1 200')} answers"
+        received += chunk
+    return received
+
+
+def test_a_kept_alive_connection_is_answered_at_once_later_and_pipelined(
+    balanced: ServiceProcess,
+) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", balanced.port), timeout=10) as sock:
+        for _ in range(50):  # each as soon as the last is answered: the thread lingering
+            sock.sendall(request)
+            assert _answers(sock, 1).startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)  # past LINGER_S: the connection is back with the poller
+        sock.sendall(request)
+        assert _answers(sock, 1).startswith(b"HTTP/1.1 200")
+        sock.sendall(request * 3)  # pipelined: the next requests read ahead with the first
+        answers = _answers(sock, 3)
+        assert answers.count(b"HTTP/1.1 200") == 3
