@@ -656,7 +656,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="CI: one round, 1 s per figure")
     parser.add_argument(
-        "--matrix", action="store_true", help="compare sync/gthread with 2, 3 and 4 workers"
+        "--matrix", action="store_true", help="compare sync and balanced with 2, 3 and 4 workers"
     )
     parser.add_argument(
         "--configs",
@@ -694,7 +694,7 @@ def main() -> int:
 
     configs = [(args.worker_class, args.workers, args.threads)]
     if args.matrix:
-        configs = [(kind, n, args.threads) for kind in ("sync", "gthread") for n in (2, 3, 4)]
+        configs = [(kind, n, args.threads) for kind in ("sync", "balanced") for n in (2, 3, 4)]
     if args.configs:
         configs = []
         for item in args.configs.split(","):

@@ -31,9 +31,10 @@ from plugin.api import metrics
 from plugin.config import as_int, data_dir, database_url, load_settings
 
 WORKER_CLASSES = ("gthread", "balanced", "sync")
-DEFAULT_WORKER_CLASS = "gthread"
-# "balanced": gunicorn's gthread worker taking a new connection only while it holds no more
-# than the others (plugin.cli.balanced).
+DEFAULT_WORKER_CLASS = "balanced"
+# "balanced" (the default): gunicorn's gthread worker taking a new connection only while it
+# holds no more than the others, and answering the next request on a kept-alive connection on
+# the same thread (plugin.cli.balanced). "gthread" is gunicorn's own.
 _GUNICORN_CLASS = {"balanced": "plugin.cli.balanced.BalancedThreadWorker"}
 # Threads per gthread worker. Gunicorn parks a connection that has sent nothing in its
 # poller, but a client sending its headers slowly holds a thread until they are complete,
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=DEFAULT_THREADS,
-        help=f"threads per gthread worker (default {DEFAULT_THREADS})",
+        help=f"threads per balanced or gthread worker (default {DEFAULT_THREADS})",
     )
     parser.add_argument(
         "--dev",
