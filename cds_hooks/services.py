@@ -7,6 +7,7 @@ for discovery and calls :meth:`CdsService.evaluate` with resolved FHIR data.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ class PrefetchData:
         return self.resources.get(key)
 
 
-class IssuedCard:
+class IssuedCard(ABC):
     """A card to show and the finding (kebab-case key) it answers.
 
     What suppression and the card cap read (the finding, the findings merged into it, its
@@ -50,8 +51,9 @@ class IssuedCard:
     merged: tuple[str, ...]
 
     @property
+    @abstractmethod
     def card(self) -> Card:
-        raise NotImplementedError
+        """The card itself (made when first asked for, where it is rendered)."""
 
     @property
     def uuid(self) -> str | None:

@@ -193,7 +193,7 @@ def _child_exit(server: Any, worker: Any) -> None:
     if server.cfg.worker_class_str == _GUNICORN_CLASS["balanced"]:
         from plugin.cli import balanced
 
-        balanced.child_exit(server, worker)
+        balanced.child_exit(server, worker)  # a no-op until pre_fork made the table
 
 
 def run_gunicorn(load: Callable[[], Any], options: dict[str, Any]) -> None:
